@@ -1,0 +1,327 @@
+"""MLflow (embedded sqlite or a server) -> runs.parquet and curves.parquet.
+
+Every run of every experiment named ``wmhp/<grid>`` is kept with its status, finished or not; the figures decide
+what to use. Per-epoch numbers come from each run's ``curves.csv`` artifact (one read per run, instead of one
+metric-history query per metric) and from the metric history only where the artifact is missing (a killed run).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import math
+import re
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from analysis.reading import filter_reading
+from analysis.schema import (
+    EPOCH_METRICS,
+    FLIPS_PREFIX,
+    curves_schema,
+    runs_schema,
+    write_atomic,
+)
+from bnn.config import field_names
+
+EXPERIMENT_PREFIX = "wmhp/"
+PAGE_SIZE = 1000
+RUNS_FILE = "runs.parquet"
+CURVES_FILE = "curves.parquet"
+_DOWNLOAD_THREADS = 8
+
+
+class CollectError(ValueError):
+    """The tracking store cannot be read as wmhp results; the message says what to fix."""
+
+
+def default_tracking_uri(results_dir: Path) -> str:
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def collect(results_dir: Path, tracking_uri: str | None = None) -> tuple[Path, Path]:
+    """Read every wmhp run and write ``<results_dir>/runs.parquet`` and ``curves.parquet``; returns both paths.
+
+    Deterministic: the same runs give byte-identical files. Nothing is written when reading fails.
+    """
+    from mlflow.tracking import MlflowClient
+
+    results_dir = Path(results_dir)
+    uri = tracking_uri or default_tracking_uri(results_dir)
+    _check_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+    found = list(_wmhp_runs(client))
+    if not found:
+        raise CollectError(f"{uri}: no runs in experiments named '{EXPERIMENT_PREFIX}<grid>': run `wmhp ablate` first")
+    records = [_record(grid_name, run) for grid_name, run in found]
+    _attach_curves(client, records)
+    records.sort(key=lambda r: (r.row["experiment"], r.row["grid"], r.row["config_hash"], r.start_ms, r.row["run_id"]))
+    runs_table = _runs_table(records)
+    curves_table = _curves_table(records)
+    runs_path, curves_path = results_dir / RUNS_FILE, results_dir / CURVES_FILE
+    write_atomic(runs_table, runs_path)
+    write_atomic(curves_table, curves_path)
+    return runs_path, curves_path
+
+
+def _check_store(uri: str) -> None:
+    # MLflow would silently create an empty database at a mistyped path.
+    if uri.startswith("sqlite:///"):
+        path = Path(unquote(uri[len("sqlite:///") :]))
+        if not path.is_file():
+            raise CollectError(f"--tracking-uri {uri}: no such database file {path} (run `wmhp ablate` first)")
+    elif uri.startswith(("http://", "https://")):
+        # MLflow's client retries an unreachable server for minutes; one quick probe says it at once.
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+                response.read()
+        except OSError as exc:
+            raise CollectError(f"--tracking-uri {uri}: cannot reach the MLflow server ({exc})") from None
+    elif not re.match(r"^(sqlite|postgresql|mysql|mssql|databricks)", uri):
+        raise CollectError(f"--tracking-uri {uri}: expected sqlite:///PATH or http(s)://HOST:PORT")
+
+
+def _wmhp_runs(client: Any) -> Iterator[tuple[str, Any]]:
+    experiments, token = [], None
+    while True:
+        page = client.search_experiments(
+            filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'", max_results=PAGE_SIZE, page_token=token
+        )
+        experiments += list(page)
+        token = page.token
+        if not token:
+            break
+    for experiment in sorted(experiments, key=lambda e: e.name):
+        token = None
+        while True:
+            page = client.search_runs([experiment.experiment_id], max_results=PAGE_SIZE, page_token=token)
+            for run in page:
+                yield experiment.name[len(EXPERIMENT_PREFIX) :], run
+            token = page.token
+            if not token:
+                break
+
+
+@dataclass
+class _Record:
+    row: dict[str, Any]
+    start_ms: int
+    artifact_uri: str
+    metric_keys: list[str]
+    curve: dict[str, np.ndarray] | None = None  # column -> values, sorted by epoch
+
+
+def _record(grid_name: str, run: Any) -> _Record:
+    tags, params, info = run.data.tags, run.data.params, run.info
+    grid = tags.get("wmhp.grid", grid_name)
+    experiment = tags.get("wmhp.experiment") or _experiment_of(grid)
+    row: dict[str, Any] = {
+        "experiment": experiment,
+        "grid": grid,
+        "preset": tags.get("wmhp.preset"),
+        "config_hash": tags.get("wmhp.config_hash"),
+        "status": info.status,
+        "run_id": info.run_id,
+        "run_name": info.run_name,
+        "mlflow_experiment_id": info.experiment_id,
+        "code_version": tags.get("wmhp.code_version"),
+        "start_time": info.start_time,
+        "end_time": info.end_time,
+        "wall_s": (info.end_time - info.start_time) / 1000 if info.end_time and info.start_time else math.nan,
+    }
+    for name in field_names():
+        row[name] = _parse_param(name, params.get(name), info.run_id)
+    row["filter_alpha"], row["filter_gamma"] = filter_reading(row)
+    return _Record(row, info.start_time or 0, info.artifact_uri, sorted(run.data.metrics))
+
+
+def _experiment_of(grid: str) -> str | None:
+    match = re.match(r"^(e\d+)", grid)
+    return match.group(1) if match else None
+
+
+def _parse_param(name: str, text: str | None, run_id: str) -> Any:
+    """MLflow params are strings (None logged as "None"); convert back to the field's parquet type."""
+    if text is None or text == "None":
+        return None
+    kind = _config_types()[name]
+    try:
+        if kind == pa.float64():
+            return float(text)
+        if kind == pa.int64():
+            return int(text)
+        if kind == pa.bool_():
+            if text not in ("True", "False", "true", "false"):
+                raise ValueError(text)
+            return text in ("True", "true")
+        if pa.types.is_list(kind):
+            return [int(v) for v in ast.literal_eval(text)]
+        return text
+    except (ValueError, SyntaxError, TypeError):
+        raise CollectError(f"run {run_id}: param '{name}' = {text!r} is not a valid {kind}") from None
+
+
+@functools.cache
+def _config_types() -> dict[str, pa.DataType]:
+    return {field.name: field.type for field in runs_schema()}
+
+
+# --- per-epoch curves ------------------------------------------------------------------------------------
+def _attach_curves(client: Any, records: list[_Record]) -> None:
+    remote = [r for r in records if _local_dir(r.artifact_uri) is None]
+    found: dict[int, Path] = {}
+    for index, record in enumerate(records):
+        directory = _local_dir(record.artifact_uri)
+        if directory is not None and (directory / "curves.csv").is_file():
+            found[index] = directory / "curves.csv"
+    with tempfile.TemporaryDirectory() as tmp:
+        if remote:
+            positions = {id(r): i for i, r in enumerate(records)}
+            with ThreadPoolExecutor(_DOWNLOAD_THREADS) as pool:
+                paths = pool.map(lambda r: _download_curves(client, r, Path(tmp)), remote)
+                found.update((positions[id(r)], p) for r, p in zip(remote, paths) if p is not None)
+        for index, curve in zip(found, _read_curves_csvs(list(found.values()))):
+            records[index].curve = curve
+    for record in records:
+        if record.curve is None:
+            record.curve = _history_curves(client, record)
+
+
+def _local_dir(artifact_uri: str) -> Path | None:
+    parsed = urlparse(artifact_uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path))
+    return None
+
+
+def _download_curves(client: Any, record: _Record, tmp: Path) -> Path | None:
+    from mlflow.exceptions import MlflowException
+
+    run_id = record.row["run_id"]
+    try:
+        names = {f.path for f in client.list_artifacts(run_id)}
+        if "curves.csv" not in names:
+            return None
+        return Path(client.download_artifacts(run_id, "curves.csv", str(tmp / run_id)))
+    except (MlflowException, OSError):
+        return None
+
+
+def _read_curves_csvs(paths: list[Path]) -> list[dict[str, np.ndarray]]:
+    """Parse many small curves.csv files in one pass per distinct header (a CSV parse has a fixed cost of a few
+    ms, which 2,000 runs would pay 2,000 times); column name -> values by epoch, per file."""
+    groups: dict[bytes, list[tuple[int, bytes, int]]] = {}
+    for index, path in enumerate(paths):
+        header, _, body = path.read_bytes().partition(b"\n")
+        body = body.rstrip()
+        body = body + b"\n" if body else b""
+        groups.setdefault(header.rstrip(b"\r"), []).append((index, body, body.count(b"\n")))
+    out: list[dict[str, np.ndarray]] = [{} for _ in paths]
+    for header, items in groups.items():
+        try:
+            columns = _parse_csv(header + b"\n" + b"".join(body for _, body, _ in items), paths[items[0][0]])
+        except CollectError:
+            columns = {"epoch": np.empty(0)}  # a bad file in the batch: read file by file to name it
+        if len(columns["epoch"]) != sum(n for _, _, n in items):  # blank or quoted lines: read file by file
+            for index, _, _ in items:
+                out[index] = _by_epoch(_parse_csv(paths[index].read_bytes(), paths[index]))
+            continue
+        start = 0
+        for index, _, n in items:
+            out[index] = _by_epoch({name: values[start : start + n] for name, values in columns.items()})
+            start += n
+    return out
+
+
+def _parse_csv(data: bytes, path: Path) -> dict[str, np.ndarray]:
+    try:
+        table = pcsv.read_csv(pa.py_buffer(data))
+    except pa.ArrowInvalid as exc:
+        raise CollectError(f"{path}: not a readable curves.csv ({exc})") from None
+    if "epoch" not in table.column_names:
+        raise CollectError(f"{path}: no 'epoch' column (curves.csv has one row per epoch, columns epoch + metrics)")
+    columns = {}
+    for name in table.column_names:
+        if name == "epoch" or name in EPOCH_METRICS or name.startswith(FLIPS_PREFIX):
+            column = pc.cast(table[name], pa.float64(), safe=False)
+            columns[name] = column.to_numpy(zero_copy_only=False)  # nulls become NaN
+    return columns
+
+
+def _history_curves(client: Any, record: _Record) -> dict[str, np.ndarray]:
+    """Fallback for runs without curves.csv: one metric-history query per metric."""
+    values: dict[str, dict[int, float]] = {}
+    for key in record.metric_keys:
+        if key != "epoch" and key not in EPOCH_METRICS and not key.startswith(FLIPS_PREFIX):
+            continue
+        history = sorted(client.get_metric_history(record.row["run_id"], key), key=lambda m: (m.step, m.timestamp))
+        values[key] = {int(m.step): float(m.value) for m in history}  # a retried epoch: the last value wins
+    epochs = sorted(set().union(*values.values())) if values else []
+    columns = {"epoch": np.array(epochs, dtype=np.float64)}
+    for key, by_step in values.items():
+        if key != "epoch":
+            columns[key] = np.array([by_step.get(e, math.nan) for e in epochs], dtype=np.float64)
+    return _by_epoch(columns)
+
+
+def _by_epoch(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Sort by epoch; where an epoch repeats (a resumed trial), keep its last row."""
+    epoch = columns["epoch"]
+    keep = ~np.isnan(epoch)
+    order = np.argsort(epoch[keep], kind="stable")
+    rows = np.flatnonzero(keep)[order]
+    _, last = np.unique(epoch[rows][::-1], return_index=True)
+    rows = rows[::-1][last]
+    return {name: values[rows] for name, values in columns.items()}
+
+
+# --- tables -----------------------------------------------------------------------------------------------
+def _runs_table(records: list[_Record]) -> pa.Table:
+    rows = []
+    for record in records:
+        curve = record.curve or {"epoch": np.empty(0)}
+        row = dict(record.row)
+        n = len(curve["epoch"])
+        row["epochs_done"] = n
+        for name in EPOCH_METRICS:
+            values = curve.get(name)
+            row[f"final_{name}"] = float(values[-1]) if values is not None and n else math.nan
+        acc = curve.get("test_acc")
+        has_acc = acc is not None and n and not np.all(np.isnan(acc))
+        row["best_test_acc"] = float(np.nanmax(acc)) if has_acc else math.nan
+        row["best_epoch"] = int(curve["epoch"][int(np.nanargmax(acc))]) if has_acc else None
+        epoch_s = curve.get("epoch_s")
+        row["train_s"] = float(np.nansum(epoch_s)) if epoch_s is not None else math.nan
+        rows.append(row)
+    schema = runs_schema()
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _curves_table(records: list[_Record]) -> pa.Table:
+    flips = sorted({name for r in records for name in (r.curve or {}) if name.startswith(FLIPS_PREFIX)})
+    schema = curves_schema(flips)
+    lengths = [len((r.curve or {"epoch": ()})["epoch"]) for r in records]
+    total = sum(lengths)
+    columns: dict[str, Any] = {}
+    for key in ("run_id", "grid", "config_hash", "status"):
+        columns[key] = np.repeat(np.array([r.row[key] for r in records], dtype=object), lengths)
+    for name in schema.names[len(columns) :]:
+        parts = [
+            (r.curve or {}).get(name, np.full(n, math.nan)) if n else np.empty(0) for r, n in zip(records, lengths)
+        ]
+        columns[name] = np.concatenate(parts) if parts else np.empty(total)
+    columns["epoch"] = columns["epoch"].astype(np.int64)
+    arrays = [pa.array(columns[field.name], type=field.type, from_pandas=False) for field in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)

@@ -1,0 +1,298 @@
+"""A generated result set in exactly the form the pipeline writes to MLflow, for the benchmark and the tests.
+
+Nothing is trained: each run's numbers follow a smooth made-up law of the filter-view alpha plus seed noise,
+shaped only so that every figure has something to draw. Configs, params, tags, run names, statuses and
+artifacts are real: TrainConfig overrides -> resolve -> flatten -> params, config_hash -> tag and run name.
+Besides the finished runs, each grid gets one FAILED run (partial curves.csv), and e2 one KILLED run (metric
+history, no curves.csv) followed by a FINISHED rerun of the same cell, and one RUNNING run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.reading import filter_reading
+from bnn.config import TrainConfig, config_hash, flatten, from_flat, resolve, to_dict
+from bnn.schedules import multiplier
+
+LAYERS = ("fc1", "fc2", "fc3")
+STEPS_PER_EPOCH = 50
+
+
+@dataclass(frozen=True)
+class Size:
+    """How large a generated set is: log-axis points per grid axis, and seeds per cell."""
+
+    points: int = 3
+    seeds: int = 2
+    epochs: int = 4
+
+    def trials(self) -> int:
+        return sum(len(cells) for cells in grids(self).values())
+
+
+def grids(size: Size) -> dict[str, list[dict[str, Any]]]:
+    """Grid name -> list of override dicts (seed included), in the spirit of pipeline/grids/eN_*.yaml."""
+    n, seeds = size.points, range(size.seeds)
+    base = {"epochs": size.epochs, "data.name": "fashion-mnist", "model.name": "mlp", "schedule.name": "constant"}
+    logs = lambda lo, hi: [float(f"{v:.3g}") for v in np.logspace(lo, hi, n)]  # noqa: E731
+    out: dict[str, list[dict[str, Any]]] = {}
+    e1 = [(0.1, 5e-4, 0.9), (0.1, 1e-4, 0.9), (0.1, 5e-4, 0.0)]
+    out["e1_equivalence"] = [
+        {
+            **base,
+            "binary_opt.name": opt,
+            "binary_opt.lr": lr,
+            "binary_opt.weight_decay": wd,
+            "binary_opt.momentum": mu,
+            "init.scale": 0.0,
+            "seed": s,
+        }
+        for lr, wd, mu in e1
+        for opt in ("sgd", "filter")
+        for s in seeds
+    ]
+    # lr and wd on one log lattice, so equal products (iso-alpha diagonals) recur across the grid.
+    lattice = [float(f"{v:.3g}") for v in 10.0 ** np.linspace(-3, 0, max(n, 2))]
+    wds = [float(f"{v:.3g}") for v in 10.0 ** np.linspace(-5, -2, max(n, 2))]
+    out["e2_lr_wd"] = [
+        {**base, "binary_opt.name": "sgd", "binary_opt.lr": lr, "binary_opt.weight_decay": wd, "seed": s}
+        for lr in lattice
+        for wd in wds
+        for s in seeds
+    ]
+    out["e3_init_scale"] = [
+        {
+            **base,
+            "binary_opt.name": "sgd",
+            "binary_opt.lr": 0.1,
+            "binary_opt.weight_decay": wd,
+            "init.scale": sc,
+            "seed": s,
+        }
+        for sc in logs(-4, 1)
+        for wd in (0.0, 5e-4)
+        for s in seeds
+    ]
+    momenta = [0.0, 0.5, 0.9, 0.99][: max(n, 2)]
+    out["e4_momentum"] = [
+        {
+            **base,
+            "binary_opt.name": "sgd",
+            "binary_opt.lr": 0.1,
+            "binary_opt.weight_decay": 5e-4,
+            "binary_opt.momentum": mu,
+            "seed": s,
+        }
+        for mu in momenta
+        for s in seeds
+    ] + [
+        {**base, "binary_opt.name": "filter", "binary_opt.alpha": 1e-4, "binary_opt.gamma": g, "seed": s}
+        for g in logs(-2, 0)
+        for s in seeds
+    ]
+    out["e5_alpha_gamma"] = [
+        {**base, "binary_opt.name": "filter", "binary_opt.alpha": a, "binary_opt.gamma": g, "seed": s}
+        for a in logs(-6, -2)
+        for g in logs(-3, 0)
+        for s in seeds
+    ]
+    e6 = [
+        {"binary_opt.name": "filter", "binary_opt.alpha": 1e-3, "binary_opt.gamma": 0.1},
+        {"binary_opt.name": "sgd", "binary_opt.lr": 0.1, "binary_opt.momentum": 0.9, "binary_opt.weight_decay": 1e-3},
+    ]
+    out["e6_schedules"] = [
+        {**base, **opt, "schedule.name": sched, "schedule.step_epochs": max(1, size.epochs // 3), "seed": s}
+        for sched in ("constant", "linear", "cosine", "step")
+        for opt in e6
+        for s in seeds
+    ]
+    out["e7_adam"] = [
+        {
+            **base,
+            "binary_opt.name": "adam",
+            "binary_opt.lr": 1e-3,
+            "binary_opt.beta2": b2,
+            "binary_opt.eps": eps,
+            "binary_opt.weight_decay": 1e-4,
+            "binary_opt.decay_mode": mode,
+            "seed": s,
+        }
+        for b2 in (0.99, 0.999)
+        for eps in logs(-8, -4)
+        for mode in ("l2", "decoupled")
+        for s in seeds
+    ] + [
+        {**base, "binary_opt.name": "filter", "binary_opt.alpha": 1e-4, "binary_opt.gamma": 0.1, "seed": s}
+        for s in seeds
+    ]
+    optimizers = [
+        {"binary_opt.name": "adam", "binary_opt.lr": 1e-3},
+        {"binary_opt.name": "sgd", "binary_opt.lr": 0.1, "binary_opt.weight_decay": 5e-4, "binary_opt.momentum": 0.9},
+        {"binary_opt.name": "bop", "binary_opt.gamma": 1e-4},
+        {"binary_opt.name": "filter", "binary_opt.alpha": 5e-4, "binary_opt.gamma": 0.1},
+    ]
+    out["e8_optimizers"] = [
+        {**base, **opt, "data.name": data, "schedule.name": "linear", "seed": s}
+        for data in ("digits", "fashion-mnist")
+        for opt in optimizers
+        for s in seeds
+    ]
+    return out
+
+
+def write(tracking_uri: str, results_dir: Path, size: Size = Size(), history: str = "full") -> int:
+    """Log the generated grids into ``tracking_uri`` (artifacts under ``results_dir/artifacts/<grid>``).
+
+    history: "full" logs every epoch's metrics (as the pipeline does); "final" logs only the last epoch's,
+    which leaves the latest metrics the same and makes a large set quicker to generate.
+    Returns the number of runs written.
+    """
+    from mlflow.tracking import MlflowClient
+
+    _fast_sqlite()
+    client = MlflowClient(tracking_uri=tracking_uri)
+    remote = tracking_uri.startswith(("http://", "https://"))
+    count = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for grid, cells in grids(size).items():
+            # As the pipeline does: a tracking server decides where artifacts go; a local store gets a folder.
+            location = None if remote else str((Path(results_dir) / "artifacts" / grid).resolve())
+            experiment_id = client.create_experiment(f"wmhp/{grid}", artifact_location=location)
+            writer = _Writer(client, experiment_id, grid, Path(tmp), history)
+            for overrides in cells:
+                writer.run(overrides, "FINISHED")
+            failed = {**cells[-1], "seed": 90}
+            writer.run(failed, "FAILED", epochs_done=max(1, size.epochs // 2))
+            count += len(cells) + 1
+            if grid == "e2_lr_wd":
+                writer.run(cells[0], "KILLED", epochs_done=max(1, size.epochs // 2))
+                writer.run({**cells[0], "seed": 91}, "RUNNING", epochs_done=1)
+                count += 2
+    return count
+
+
+def _fast_sqlite() -> None:
+    """No fsync per commit in this process: a generated set needs no durability, and MLflow commits several times
+    per run (most of the generation time on a busy disk)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if getattr(_fast_sqlite, "done", False):
+        return
+
+    @event.listens_for(Engine, "connect")
+    def _pragmas(connection: Any, _record: Any) -> None:
+        if type(connection).__module__.startswith("sqlite3"):
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA synchronous=OFF")
+            cursor.close()
+
+    _fast_sqlite.done = True  # type: ignore[attr-defined]
+
+
+class _Writer:
+    def __init__(self, client: Any, experiment_id: str, grid: str, tmp: Path, history: str) -> None:
+        self.client, self.experiment_id, self.grid, self.tmp, self.history = client, experiment_id, grid, tmp, history
+
+    def run(self, overrides: dict[str, Any], status: str, epochs_done: int | None = None) -> None:
+        from mlflow.entities import Metric, Param
+
+        config = resolve(from_flat(overrides))
+        digest = config_hash(config)
+        tags = {
+            "wmhp.experiment": self.grid.split("_")[0],
+            "wmhp.grid": self.grid,
+            "wmhp.preset": "synthetic",
+            "wmhp.config_hash": digest,
+            "wmhp.code_version": "synthetic",
+        }
+        run = self.client.create_run(self.experiment_id, run_name=f"{self.grid}-{digest}", tags=tags)
+        run_id = run.info.run_id
+        params = [Param(k, str(v)) for k, v in flatten(config).items()]
+        rows = curves(config, epochs_done or config.epochs)
+        logged = rows if self.history == "full" or status in ("KILLED", "RUNNING") else rows[-1:]
+        metrics = [Metric(k, v, 0, int(row["epoch"])) for row in logged for k, v in row.items()]
+        for start in range(0, max(len(metrics), 1), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000], params=params if start == 0 else [])
+        if status not in ("KILLED", "RUNNING"):  # a killed driver never wrote curves.csv
+            directory = self.tmp / run_id
+            directory.mkdir()
+            _write_csv(directory / "curves.csv", rows)
+            import yaml
+
+            (directory / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+            self.client.log_artifacts(run_id, str(directory))
+        if status != "RUNNING":
+            self.client.set_terminated(run_id, status)
+
+
+def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    columns = list(rows[0])
+    lines = [",".join(columns)] + [",".join(repr(row[c]) for c in columns) for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def filter_view(config: TrainConfig) -> tuple[float, float]:
+    """(alpha, gamma) the made-up law is a function of: the exact filter reading where there is one, else a
+    plausible stand-in (Adam; latent SGD without weight decay, whose alpha is 0)."""
+    opt = config.binary_opt
+    alpha, gamma = filter_reading(flatten(config))
+    if opt.name == "adam":
+        return opt.lr * 0.3 * (1 + 1e3 * opt.eps) * (1.5 if opt.decay_mode == "decoupled" else 1.0), 1.0 - opt.beta1
+    return max(alpha, 1e-6), gamma
+
+
+def curves(config: TrainConfig, epochs_done: int) -> list[dict[str, float]]:
+    """The made-up per-epoch metrics of one run: every key of bnn.train's contract."""
+    rng = np.random.default_rng(int(hashlib.sha256(config_hash(config).encode()).hexdigest()[:12], 16))
+    alpha, gamma = filter_view(config)
+    schedule = multiplier(config.schedule, config.epochs)
+    opt = config.binary_opt
+    quality = -0.04 * (math.log10(alpha) + 3.5) ** 2 - 0.02 * (math.log10(gamma) + 1) ** 2
+    final = float(np.clip(0.86 + quality + 0.004 * rng.standard_normal(), 0.1, 0.95))
+    wd = opt.weight_decay if opt.name in ("sgd", "adam") else 1.0
+    scale = max(config.init.scale, 1e-12)
+    forget = math.log(scale / 1e-3) / alpha if wd > 0 and scale > 1e-3 else 0.0
+    # E1 pairs: the sign trajectory depends on the cell without the optimizer's name, so sgd and its mapped
+    # filter share it, except for a rare made-up mismatch so that the count is not always zero.
+    pair = f"{opt.lr}/{opt.weight_decay}/{opt.momentum}/{config.seed}/{config.init.scale}"
+    pair_rng = np.random.default_rng(int(hashlib.sha256(pair.encode()).hexdigest()[:12], 16))
+    rows = []
+    for epoch in range(1, epochs_done + 1):
+        s = schedule(epoch - 1)
+        progress = 1 - math.exp(-3 * epoch / config.epochs)
+        steps = epoch * STEPS_PER_EPOCH
+        flip = min(0.5, 20 * alpha * s * gamma**0.5) * (1 + 0.05 * rng.standard_normal())
+        forgotten = wd > 0 and steps >= forget
+        digest = float(pair_rng.integers(0, 2**48))
+        if opt.name == "filter" and rng.random() < 0.1:
+            digest += 1.0
+        row = {
+            "epoch": float(epoch),
+            "train_loss": 2.3 * (1 - progress) + 0.3 + 0.01 * rng.standard_normal(),
+            "train_acc": 0.1 + (final + 0.02 - 0.1) * progress,
+            "test_loss": 2.3 * (1 - progress) + 0.35 + 0.01 * rng.standard_normal(),
+            "test_acc": 0.1 + (final - 0.1) * progress + (0.002 * rng.standard_normal() if epoch < epochs_done else 0),
+            "flip_ratio": max(flip, 0.0),
+            "sign_agreement_init": 0.5 if forgotten else 0.5 + 0.5 * math.exp(-steps * alpha * 10),
+            "init_forget_step": float(math.ceil(max(forget, 1.0))) if forgotten else math.nan,
+            "lr": (opt.alpha if opt.name == "filter" else opt.gamma if opt.name == "bop" else opt.lr) * s,
+            "alpha": alpha * s
+            if opt.name != "adam" and not (opt.name == "sgd" and opt.weight_decay == 0)
+            else math.nan,
+            "real_lr": config.real_opt.lr * s,
+            "epoch_s": 1.0 + 0.05 * rng.random(),
+            "steps": float(steps),
+            "sign_hash": digest,
+        }
+        row.update({f"flips.{name}": max(flip, 0.0) * (1 + 0.1 * i) for i, name in enumerate(LAYERS)})
+        rows.append(row)
+    return rows

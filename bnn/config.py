@@ -1,0 +1,381 @@
+"""The one TrainConfig schema: every hyperparameter name in wmhp comes from here.
+
+Grid axes, MLflow params and parquet columns all use these field names, dotted for nesting
+(``binary_opt.alpha``). ``resolve`` fills derived values (the filter's alpha/gamma mapped from latent
+settings) so that a resolved config says everything a run does, and ``config_hash`` names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """Bad user input in a config: the message names the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["mlp", "resnet20", "reactnet_a"] = "mlp"
+    hidden: tuple[int, ...] = (512, 512, 512)  # mlp only: real in->h[0], binary h[i]->h[i+1], real h[-1]->out
+    # Identity keeps dL/dw = dL/db, which the latent<->filter equivalence needs; "clipped" is larq's ste_sign.
+    weight_ste: Literal["identity", "clipped"] = "identity"
+    activation_ste: Literal["bireal", "clipped"] = "bireal"
+    scaling: bool = False  # per-output-channel mean|w| scaling (latent weights only)
+    teacher_path: str | None = None  # reactnet_a: torchvision ResNet-34 state_dict for distillation
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: Literal["digits", "fashion-mnist", "cifar10", "imagenet"] = "digits"
+    root: str | None = None  # directory holding the dataset files; None = the dataset's default places
+    download: bool = False  # allow a torchvision download when the files are not found locally
+    augment: bool = True  # cifar10 / imagenet training augmentation
+    train_subset: int | None = None  # use only the first N training examples (fixed by the split seed)
+    num_workers: int = 2  # imagenet DataLoader workers
+
+
+@dataclass(frozen=True)
+class BinaryOptConfig:
+    """Optimizer of the binary weights. Which fields apply depends on ``name``:
+
+    sgd: lr, momentum, weight_decay (L2). adam: lr, beta1, beta2, eps, weight_decay, decay_mode.
+    bop: gamma (Bop's adaptivity rate), threshold. filter: alpha, gamma; alpha None maps lr, weight_decay and
+    momentum exactly to (alpha, gamma) through bnn.mapping.
+    """
+
+    name: Literal["sgd", "adam", "bop", "filter"] = "filter"
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    decay_mode: Literal["l2", "decoupled"] = "l2"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    alpha: float | None = None
+    gamma: float | None = None
+    threshold: float = 0.0
+
+
+@dataclass(frozen=True)
+class RealOptConfig:
+    """Optimizer of the real-valued parameters (BatchNorm, first and last layers, biases)."""
+
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Latent-weight initialisation: Uniform(-scale, scale) or Normal(0, scale)."""
+
+    distribution: Literal["uniform", "normal"] = "uniform"
+    scale: float = 1e-3
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Per-epoch multiplier on every learning rate, and so on alpha (paper.md section 3)."""
+
+    name: Literal["constant", "linear", "cosine", "step"] = "linear"
+    step_epochs: int = 30  # step: multiply by step_factor every step_epochs epochs
+    step_factor: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    binary_opt: BinaryOptConfig = field(default_factory=BinaryOptConfig)
+    real_opt: RealOptConfig = field(default_factory=RealOptConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+
+
+# --- allowed ranges: (predicate, description); checked on every config, resolved or not -----------------
+_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "model.hidden": (
+        lambda v: len(v) >= 2 and all(h >= 1 for h in v),
+        "a list of >= 2 positive ints (the mlp's binary layers sit between consecutive widths)",
+    ),
+    "data.train_subset": (lambda v: v is None or v >= 1, "null or an int >= 1"),
+    "data.num_workers": (lambda v: v >= 0, "an int >= 0"),
+    "binary_opt.lr": (lambda v: v > 0, "a float > 0"),
+    "binary_opt.momentum": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    "binary_opt.weight_decay": (lambda v: v >= 0, "a float >= 0"),
+    "binary_opt.beta1": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    "binary_opt.beta2": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    "binary_opt.eps": (lambda v: v > 0, "a float > 0"),
+    "binary_opt.alpha": (lambda v: v is None or 0 < v <= 1, "null or a float in (0, 1]"),
+    "binary_opt.gamma": (lambda v: v is None or 0 < v <= 1, "null or a float in (0, 1]"),
+    "binary_opt.threshold": (lambda v: v >= 0, "a float >= 0"),
+    "real_opt.lr": (lambda v: v > 0, "a float > 0"),
+    "real_opt.momentum": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    "real_opt.weight_decay": (lambda v: v >= 0, "a float >= 0"),
+    "init.scale": (lambda v: v >= 0, "a float >= 0"),
+    "schedule.step_epochs": (lambda v: v >= 1, "an int >= 1"),
+    "schedule.step_factor": (lambda v: 0 < v <= 1, "a float in (0, 1]"),
+    "epochs": (lambda v: v >= 1, "an int >= 1"),
+    "batch_size": (lambda v: v >= 1, "an int >= 1"),
+    "eval_batch_size": (lambda v: v >= 1, "an int >= 1"),
+    "seed": (lambda v: v >= 0, "an int >= 0"),
+}
+
+
+# --- flat (dotted) view -----------------------------------------------------------------------------------
+def to_dict(config: Any) -> dict[str, Any]:
+    """Nested plain dict (tuples as lists), as written to YAML and JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def flatten(config: TrainConfig) -> dict[str, Any]:
+    """``{"binary_opt.alpha": 0.001, ...}``: the names of grid axes, MLflow params and parquet columns."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: dict[str, Any]) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(name + ".", value)
+            else:
+                out[name] = value
+
+    walk("", to_dict(config))
+    return out
+
+
+def field_names() -> list[str]:
+    """Every dotted TrainConfig field name, in schema order."""
+    return list(flatten(TrainConfig()).keys())
+
+
+def field_type(name: str) -> Any:
+    """The annotated type of a dotted field name; ConfigError for an unknown name."""
+    cls: Any = TrainConfig
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        hints = get_type_hints(cls)
+        if part not in hints:
+            where = ".".join(parts[:i]) or "the top level"
+            allowed = ", ".join(sorted(hints))
+            raise ConfigError(f"unknown key '{name}': '{part}' is not a field of {where} (allowed: {allowed})")
+        cls = hints[part]
+        if i < len(parts) - 1 and not is_dataclass(cls):
+            raise ConfigError(f"unknown key '{name}': '{'.'.join(parts[: i + 1])}' has no sub-fields")
+    return cls
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        return "a list of ints"
+    return {int: "an int", float: "a float", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def coerce(name: str, value: Any, tp: Any | None = None) -> Any:
+    """Check ``value`` against the field's type and convert YAML quirks (``1e-3`` read as a string)."""
+    tp = field_type(name) if tp is None else tp
+    origin = get_origin(tp)
+    bad = ConfigError(f"{name}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(name, value, arg)
+            except ConfigError:
+                pass
+        raise bad
+    if origin is Literal:
+        if value in get_args(tp) and isinstance(value, str):
+            return value
+        raise bad
+    if origin is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(coerce(name, v, int) for v in value)
+        raise bad
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            result = float(value)
+        elif isinstance(value, str):
+            try:
+                result = float(value)
+            except ValueError:
+                raise bad from None
+        else:
+            raise bad
+        if not math.isfinite(result):
+            raise bad
+        return result
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if is_dataclass(tp):
+        raise ConfigError(f"{name}: is a section; set its fields as {name}.<field>")
+    raise bad  # pragma: no cover - every schema type is handled above
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    flat = flatten(config)
+    for name, (ok, allowed) in _RANGES.items():
+        if not ok(flat[name]):
+            raise ConfigError(f"{name}: expected {allowed}, got {flat[name]!r}")
+
+
+def from_flat(overrides: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """Apply dotted overrides to ``base`` (default: schema defaults). Unknown keys and bad types are rejected."""
+    nested: dict[str, Any] = to_dict(base if base is not None else TrainConfig())
+    for name, value in overrides.items():
+        value = coerce(name, value)
+        node = nested
+        *parents, leaf = name.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return _build(TrainConfig, nested, "")
+
+
+def from_dict(data: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+    """Build from a nested dict (a YAML file); every key is checked against the schema."""
+    return from_flat(flatten_dict(data), base)
+
+
+def flatten_dict(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested user dict -> dotted keys. Sections must be mappings; the schema decides what is a section."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        tp = field_type(name)
+        if is_dataclass(tp):
+            out.update(flatten_dict(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        value = data[f.name]
+        tp = hints[f.name]
+        kwargs[f.name] = _build(tp, value, f"{prefix}{f.name}.") if is_dataclass(tp) else coerce(
+            f"{prefix}{f.name}", value, tp
+        )
+    config = cls(**kwargs)
+    if cls is TrainConfig:
+        _check_ranges(config)
+    return config
+
+
+def load_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a config file (nested YAML) and apply dotted ``overrides`` on top."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    try:
+        config = from_dict(data)
+        return from_flat(overrides or {}, config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is read as YAML (so 1e-3, true, [1, 2] work)."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. binary_opt.alpha=1e-3")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    field_type(key.strip())
+    return key.strip(), value
+
+
+# --- resolution and identity ------------------------------------------------------------------------------
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill derived values so the config states everything a run does.
+
+    filter: alpha None -> (alpha, gamma) mapped exactly from (lr, weight_decay, momentum); gamma None -> 1.
+    bop: gamma None -> 1e-4 (Helwegen et al.'s default adaptivity rate).
+    """
+    opt = config.binary_opt
+    if opt.name == "filter":
+        if opt.alpha is None:
+            if opt.gamma is not None:
+                raise ConfigError(
+                    "binary_opt.gamma: set alpha too, or leave both null to map them from lr, weight_decay and momentum"
+                )
+            if opt.weight_decay == 0:
+                raise ConfigError(
+                    "binary_opt.alpha: null maps alpha from lr * weight_decay, which needs binary_opt.weight_decay > 0"
+                )
+            from bnn.mapping import latent_to_filter
+
+            try:
+                alpha, gamma = latent_to_filter(opt.lr, opt.weight_decay, opt.momentum)
+            except ValueError as exc:
+                raise ConfigError(f"binary_opt: {exc}") from None
+            opt = replace(opt, alpha=alpha, gamma=gamma)
+        elif opt.gamma is None:
+            opt = replace(opt, gamma=1.0)
+    elif opt.name == "bop" and opt.gamma is None:
+        opt = replace(opt, gamma=1e-4)
+    resolved = replace(config, binary_opt=opt)
+    _check_ranges(resolved)
+    return resolved
+
+
+def canonical_json(config: TrainConfig) -> str:
+    """Sorted keys, floats in repr form: the text that config_hash hashes."""
+    return json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(config: TrainConfig) -> str:
+    """Stable 16-hex-digit identity of a resolved config: Tune trial name, MLflow tag, parquet column."""
+    return hashlib.sha256(canonical_json(resolve(config)).encode()).hexdigest()[:16]

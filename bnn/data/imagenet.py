@@ -1,0 +1,124 @@
+"""ImageNet (or any image-classification tree) from torchvision ImageFolder directories ``train/`` and ``val/``.
+
+Standard augmentations (paper.md section 4): RandomResizedCrop(224) + horizontal flip for training, Resize(256) +
+CenterCrop(224) for validation. Images are decoded in DataLoader workers. Determinism: the epoch's order comes
+from (seed, epoch), and each example's augmentation from its own seed (seed, epoch, index), so the batches are the
+same whatever data.num_workers is and however often the run was resumed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+
+from bnn.data.base import Batch, Data, epoch_order, subset_indices
+from bnn.data.errors import DatasetError
+from bnn.data.seeds import AUGMENT, WORKERS, derived_seed, epoch_generator
+
+if TYPE_CHECKING:
+    from bnn.config import DataConfig
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+CROP = 224
+RESIZE = 256
+
+
+def transforms_for(train: bool) -> Callable[[Any], torch.Tensor]:
+    from torchvision import transforms
+
+    if train:
+        steps = [transforms.RandomResizedCrop(CROP), transforms.RandomHorizontalFlip()]
+    else:
+        steps = [transforms.Resize(RESIZE), transforms.CenterCrop(CROP)]
+    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+
+
+def image_folder(directory: Path, train: bool) -> Any:
+    """torchvision ImageFolder of ``directory``; DatasetError naming it when missing or without images."""
+    from torchvision.datasets import ImageFolder
+
+    if not directory.is_dir():
+        raise DatasetError(
+            f"imagenet: no directory {directory} (data.root must hold train/ and val/, one sub-directory per class)"
+        )
+    try:
+        return ImageFolder(str(directory), transform=transforms_for(train))
+    except (FileNotFoundError, OSError) as exc:
+        raise DatasetError(f"imagenet: {directory}: {exc}") from None
+
+
+class SeededExamples(torch.utils.data.Dataset):
+    """Reads example i with torch's RNG seeded from (seed, epoch, i), so random transforms are reproducible in
+    any worker process; the caller's RNG state is left as it was."""
+
+    def __init__(self, dataset: Any, seed: int, epoch: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_seed(self.seed, self.epoch, AUGMENT, i))
+            return self.dataset[i]
+
+
+class FolderData(Data):
+    def __init__(self, cfg: DataConfig, device: torch.device, dtype: torch.dtype, seed: int) -> None:
+        if cfg.root is None:
+            raise DatasetError("data.root: imagenet needs the directory holding train/ and val/ (ImageFolder trees)")
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype: expected a floating-point dtype, got {dtype}")
+        root = Path(cfg.root).expanduser()
+        self.name = "imagenet"
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.seed = seed
+        self.num_workers = cfg.num_workers
+        self.train_set = image_folder(root / "train", train=cfg.augment)
+        self.test_set = image_folder(root / "val", train=False)
+        if self.train_set.classes != self.test_set.classes:
+            only_train = sorted(set(self.train_set.classes) - set(self.test_set.classes))[:5]
+            only_val = sorted(set(self.test_set.classes) - set(self.train_set.classes))[:5]
+            raise DatasetError(
+                f"imagenet: {root}/train and {root}/val must have the same class directories "
+                f"(only in train: {only_train}, only in val: {only_val})"
+            )
+        subset = subset_indices(len(self.train_set), cfg.train_subset)
+        self.train_indices = subset if subset is not None else torch.arange(len(self.train_set))
+        self.num_classes = len(self.train_set.classes)
+        self.input_shape = (3, CROP, CROP)
+        self.n_train = len(self.train_indices)
+        self.n_test = len(self.test_set)
+        self.source = str(root)
+
+    def _batches(self, dataset: Any, indices: list[int], batch_size: int, epoch: int) -> Iterator[Batch]:
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=indices,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # The loader draws its workers' base seed from this generator, not from torch's global RNG, which
+            # belongs to the training loop (and its checkpoints).
+            generator=epoch_generator(self.seed, epoch, WORKERS),
+        )
+        for x, y in loader:
+            yield x.to(self.device, self.dtype, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
+        order = self.train_indices[epoch_order(self.n_train, self.seed, epoch, batch_size)]
+        examples = SeededExamples(self.train_set, self.seed, epoch)
+        yield from self._batches(examples, order.tolist(), batch_size, epoch)
+
+    def test_batches(self, batch_size: int) -> Iterator[Batch]:
+        yield from self._batches(self.test_set, list(range(self.n_test)), batch_size, 0)
+
+
+def load_imagenet_data(cfg: DataConfig, device: torch.device, dtype: torch.dtype, seed: int) -> FolderData:
+    return FolderData(cfg, device, dtype, seed)

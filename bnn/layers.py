@@ -1,0 +1,118 @@
+"""Binary layers, in one of two weight modes.
+
+latent: ``weight`` is a real-valued latent weight; the forward pass uses sign(weight) (times mean|w| per output
+    channel when ``scaling``), and gradients reach ``weight`` through a straight-through estimator. Trained by
+    latent SGD / Adam.
+binary: ``weight`` holds exactly -1 or +1 and is used as is, so its gradient is dL/db at b = +-1 with no
+    clipping. Trained by Bop and the gradient filter, which flip signs instead of adding to magnitudes.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnn.binarize import sign_ste
+
+WeightMode = Literal["latent", "binary"]
+WEIGHT_MODES = ("latent", "binary")
+
+
+class BinaryLayer(nn.Module):
+    """Mixin marking a module whose ``weight`` is binary; see the module docstring for the two modes."""
+
+    weight: nn.Parameter
+    weight_mode: WeightMode
+    weight_ste: str
+    scaling: bool
+
+    def _init_binary(self, weight_mode: str, weight_ste: str, scaling: bool) -> None:
+        if weight_mode not in WEIGHT_MODES:
+            raise ValueError(f"weight_mode: expected one of {WEIGHT_MODES}, got {weight_mode!r}")
+        if weight_mode == "binary" and scaling:
+            raise ValueError("scaling: per-channel mean|w| scaling needs weight_mode='latent' (|b| = 1 always)")
+        self.weight_mode = weight_mode  # type: ignore[assignment]
+        self.weight_ste = weight_ste
+        self.scaling = scaling
+
+    def binary_weight(self) -> torch.Tensor:
+        """The weight the forward pass uses."""
+        if self.weight_mode == "binary":
+            return self.weight
+        w = sign_ste(self.weight, self.weight_ste)
+        if self.scaling:
+            dims = tuple(range(1, self.weight.dim()))
+            w = w * self.weight.abs().mean(dim=dims, keepdim=True).detach()
+        return w
+
+
+class BinaryLinear(nn.Linear, BinaryLayer):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        weight_mode: WeightMode = "latent",
+        weight_ste: str = "identity",
+        scaling: bool = False,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self._init_binary(weight_mode, weight_ste, scaling)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.binary_weight(), self.bias)
+
+
+class BinaryConv2d(nn.Conv2d, BinaryLayer):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bias: bool = False,
+        weight_mode: WeightMode = "latent",
+        weight_ste: str = "identity",
+        scaling: bool = False,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        self._init_binary(weight_mode, weight_ste, scaling)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.binary_weight(), self.bias)
+
+
+def binary_layers(model: nn.Module) -> list[tuple[str, BinaryLayer]]:
+    """(name, layer) of every binary layer, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, BinaryLayer)]
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(binary weights, every other trainable parameter): each group gets its own optimizer."""
+    binary = [layer.weight for _, layer in binary_layers(model)]
+    ids = {id(p) for p in binary}
+    real = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return binary, real
+
+
+@torch.no_grad()
+def init_binary_weights(
+    weights: Iterable[torch.Tensor], distribution: str, scale: float, generator: torch.Generator | None = None
+) -> None:
+    """Latent init with an explicit scale: Uniform(-scale, scale) or Normal(0, scale). scale 0 gives zeros."""
+    if distribution not in ("uniform", "normal"):
+        raise ValueError(f"distribution: expected 'uniform' or 'normal', got {distribution!r}")
+    if not scale >= 0:
+        raise ValueError(f"scale: expected a float >= 0, got {scale!r}")
+    for w in weights:
+        noise = torch.empty(w.shape, dtype=torch.float64)
+        if distribution == "uniform":
+            noise.uniform_(-scale, scale, generator=generator)
+        else:
+            noise.normal_(0.0, scale, generator=generator)
+        w.copy_(noise.to(w.dtype))

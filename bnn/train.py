@@ -1,0 +1,228 @@
+"""The one training loop. Knows nothing of Ray or MLflow: callers pass a ``report`` callback and a checkpoint
+directory.
+
+Determinism: model init from ``seed``, batch order and augmentation from (seed, epoch) inside bnn.data, so a run
+resumed after epoch k replays exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnn.config import ConfigError, TrainConfig, canonical_json, resolve
+from bnn.data import load_data
+from bnn.flips import FlipTracker
+from bnn.layers import binary_layers, init_binary_weights, split_parameters
+from bnn.mapping import latent_to_filter
+from bnn.models import build_model
+from bnn.models.distill import build_teacher, distillation_loss
+from bnn.optim import build_binary_optimizer, build_real_optimizer, weight_mode_for
+from bnn.schedules import multiplier
+
+Metrics = dict[str, float]
+ReportFn = Callable[[Metrics], None]
+CHECKPOINT_FILE = "state.pt"
+
+# The per-epoch metrics every run reports, besides one "flips.<layer>" per binary layer.
+METRIC_NAMES = (
+    "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "flip_ratio", "sign_agreement_init",
+    "init_forget_step", "lr", "alpha", "real_lr", "epoch_s", "steps", "sign_hash",
+)  # fmt: skip
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was asked for but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(name)
+
+
+def sign_hash(weights: list[torch.Tensor]) -> float:
+    """A 48-bit digest of every binary sign, as an exactly representable float (a metric MLflow can store)."""
+    digest = hashlib.sha256()
+    for w in weights:
+        digest.update(np.packbits((w.detach() >= 0).flatten().cpu().numpy()).tobytes())
+    return float(int.from_bytes(digest.digest()[:6], "big"))
+
+
+def filter_alpha(config: TrainConfig, lr: float) -> float:
+    """alpha_t in the gradient-filter view of this epoch's binary-weight update; NaN where no exact mapping."""
+    opt = config.binary_opt
+    if opt.name == "filter":
+        return lr
+    if opt.name == "sgd" and opt.weight_decay > 0:
+        return latent_to_filter(lr, opt.weight_decay, opt.momentum)[0]
+    if opt.name == "bop" and opt.threshold == 0:
+        return lr  # Bop with threshold 0 is the filter with gamma = 1 and alpha = Bop's gamma
+    return math.nan
+
+
+class Run:
+    """Everything a run holds between epochs; its state_dict is the checkpoint."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.device = pick_device(config.device)
+        self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        torch.manual_seed(config.seed)
+        self.data = load_data(config.data, self.device, self.dtype, config.seed)
+        weight_mode = weight_mode_for(config.binary_opt.name)
+        self.model: nn.Module = build_model(config.model, weight_mode, self.data.num_classes, self.data.input_shape)
+        self.model.to(device=self.device, dtype=self.dtype)
+        self.teacher = build_teacher(config.model, self.data.num_classes)
+        if self.teacher is not None:
+            self.teacher.to(device=self.device, dtype=self.dtype)
+        binary, real = split_parameters(self.model)
+        init_binary_weights(
+            binary, config.init.distribution, config.init.scale, torch.Generator().manual_seed(config.seed)
+        )
+        self.binary_weights = binary
+        self.binary_opt = build_binary_optimizer(config.binary_opt, binary)
+        self.real_opt = build_real_optimizer(config.real_opt, real) if real else None
+        schedule = multiplier(config.schedule, config.epochs)
+        self.schedulers = [
+            torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in (self.binary_opt, self.real_opt) if opt
+        ]
+        # After the optimizers: the filter and Bop set their weights to sign(init) on construction.
+        self.flips = FlipTracker([(name, layer.weight) for name, layer in binary_layers(self.model)])
+        self.epoch = 0
+        self.history: list[Metrics] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": canonical_json(self.config),
+            "epoch": self.epoch,
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "binary_opt": self.binary_opt.state_dict(),
+            "real_opt": self.real_opt.state_dict() if self.real_opt else None,
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "flips": self.flips.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["config"] != canonical_json(self.config):
+            raise ConfigError("checkpoint_dir: holds a checkpoint of a different config; use an empty directory")
+        self.epoch = state["epoch"]
+        self.history = state["history"]
+        self.model.load_state_dict(state["model"])
+        self.binary_opt.load_state_dict(state["binary_opt"])
+        if self.real_opt:
+            self.real_opt.load_state_dict(state["real_opt"])
+        for scheduler, scheduler_state in zip(self.schedulers, state["schedulers"]):
+            scheduler.load_state_dict(scheduler_state)
+        self.flips.load_state_dict(state["flips"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def loss(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            return F.cross_entropy(logits, y)
+        with torch.no_grad():
+            teacher_logits = self.teacher(x)
+        return distillation_loss(logits, teacher_logits)
+
+    def train_epoch(self) -> Metrics:
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        for x, y in self.data.train_batches(self.epoch + 1, self.config.batch_size):
+            logits = self.model(x)
+            loss = self.loss(x, logits, y)
+            self.binary_opt.zero_grad(set_to_none=True)
+            if self.real_opt:
+                self.real_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.flips.before_step()
+            self.binary_opt.step()
+            if self.real_opt:
+                self.real_opt.step()
+            self.flips.after_step()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+        return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+
+    @torch.no_grad()
+    def evaluate(self) -> Metrics:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        for x, y in self.data.test_batches(self.config.eval_batch_size):
+            logits = self.model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        return {"test_loss": loss_sum.item() / seen, "test_acc": correct.item() / seen}
+
+    def run_epoch(self) -> Metrics:
+        start = time.perf_counter()
+        lr = self.binary_opt.param_groups[0]["lr"]
+        real_lr = self.real_opt.param_groups[0]["lr"] if self.real_opt else math.nan
+        metrics: Metrics = {"epoch": float(self.epoch + 1)}
+        metrics.update(self.train_epoch())
+        metrics.update(self.evaluate())
+        for scheduler in self.schedulers:
+            scheduler.step()
+        flips = self.flips.epoch_summary()
+        metrics.update(
+            lr=lr,
+            alpha=filter_alpha(self.config, lr),
+            real_lr=real_lr,
+            sign_hash=sign_hash(self.binary_weights),
+            epoch_s=time.perf_counter() - start,
+        )
+        metrics.update({k: float(v) for k, v in flips.items()})
+        self.epoch += 1
+        self.history.append(metrics)
+        return metrics
+
+
+def _save_atomically(state: dict[str, Any], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{CHECKPOINT_FILE}.{os.getpid()}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, directory / CHECKPOINT_FILE)
+
+
+def train(
+    config: TrainConfig,
+    report: ReportFn | None = None,
+    checkpoint_dir: str | Path | None = None,
+    stop_after: int | None = None,
+) -> Metrics:
+    """Train ``config`` for its epochs; return the last epoch's metrics.
+
+    With ``checkpoint_dir``: resume from its ``state.pt`` when present, and after every epoch write the full state
+    there atomically *before* calling ``report(metrics)``, so a reported epoch is always recoverable.
+    ``stop_after``: stop once this many epochs are done (the schedule still spans ``config.epochs``), to be
+    resumed later from ``checkpoint_dir``.
+    """
+    run = Run(resolve(config))
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if directory is not None and (directory / CHECKPOINT_FILE).exists():
+        run.load_state_dict(torch.load(directory / CHECKPOINT_FILE, map_location=run.device, weights_only=False))
+    last = run.config.epochs if stop_after is None else min(stop_after, run.config.epochs)
+    while run.epoch < last:
+        metrics = run.run_epoch()
+        if directory is not None:
+            _save_atomically(run.state_dict(), directory)
+        if report is not None:
+            report(dict(metrics))
+    return dict(run.history[-1]) if run.history else {}

@@ -1,0 +1,476 @@
+"""``run_grids``: validate grids, dedup against MLflow, run the missing cells as Ray Tune trials.
+
+Order of work, so that bad input writes nothing: options and every grid are validated and expanded first;
+only then the results dir, the launch lock, MLflow experiments (created up front) and Ray. All MLflow writes
+go through one writer thread (pipeline.writer); on a first launch it creates the store while Ray starts.
+Dedup: a cell whose config_hash has a FINISHED run in its grid's experiment is done; one FINISHED in another
+``wmhp/*`` experiment is *adopted* (copied, not run); cells shared by grids of one launch run once and log to
+every grid. Cells that an earlier launch left unfinished resume from their newest Tune checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from bnn.config import to_dict
+from pipeline.cost import format_duration, trial_seconds
+from pipeline.grids import Cell, Grid, GridError, load_cells
+from pipeline.tracking import Tracker, create_sqlite_store, default_tracking_uri, sqlite_path
+from pipeline.writer import TrackingWriter
+from pipeline.trial import FAULT_ENV, CELL_DIR_PREFIX, Resumable, find_resumable, parse_fault_spec
+
+# Ray/Tune behaviour the pipeline relies on; set before Ray is imported (stack.md).
+_RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",  # the old reporter honours verbose=0; the new one prints tables regardless
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no per-trial json/csv/tensorboard files: MLflow has it all
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # checkpointing every epoch is intended
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "1",
+}
+LOCK_FILE = ".ablate.lock"
+
+
+class LaunchError(RuntimeError):
+    """The launch cannot proceed (another driver holds the results dir, Ray cannot be reached, ...)."""
+
+
+@dataclass
+class GridSummary:
+    name: str
+    experiment: str
+    cells: int
+    already_done: int = 0  # FINISHED in this grid's experiment before the launch
+    adopted: int = 0  # FINISHED in another grid's experiment: copied over
+    to_run: int = 0
+    resumed: int = 0  # of to_run: restarting from an earlier launch's checkpoint
+    finished: int = 0
+    failed: int = 0
+    estimate_s: float = 0.0  # summed trial time of to_run (cost model)
+
+
+@dataclass
+class RunSummary:
+    preset: str
+    results_dir: Path
+    tracking_uri: str
+    storage: str
+    dry_run: bool
+    grids: list[GridSummary] = field(default_factory=list)
+    wall_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # ray_init_s, setup_s, fit_s, logging_s
+
+    @property
+    def failed(self) -> int:
+        return sum(g.failed for g in self.grids)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def total(self, attribute: str) -> int:
+        return sum(getattr(g, attribute) for g in self.grids)
+
+
+def run_grids(
+    grids: list[str] | None,
+    preset: str,
+    results_dir: Path,
+    tracking_uri: str | None = None,
+    *,
+    address: str | None = None,
+    storage: str | None = None,
+    gpus_per_trial: float = 0.0,
+    cpus_per_trial: float = 1.0,
+    max_concurrent: int | None = None,
+    max_failures: int = 2,
+    overrides: dict[str, Any] | None = None,
+    dry_run: bool = False,
+    num_cpus: int | None = None,
+    out: TextIO | None = None,
+) -> RunSummary:
+    """Run every unfinished cell of ``grids`` (names, paths, or None for all) at ``preset``.
+
+    Raises GridError (bad grid file or option: nothing written) or LaunchError; trial failures are counted
+    in the returned summary (``summary.ok``), not raised.
+    """
+    started = time.perf_counter()
+    out = out or sys.stdout
+    _check_options(gpus_per_trial, cpus_per_trial, max_concurrent, max_failures, num_cpus)
+    fault = os.environ.get(FAULT_ENV)
+    try:
+        parse_fault_spec(fault)
+    except ValueError as exc:
+        raise GridError(str(exc)) from None
+    loaded = load_cells(grids, preset, overrides)
+    if not dry_run:
+        _check_address(address)
+    results_dir = Path(results_dir).resolve()
+    uri = tracking_uri or default_tracking_uri(results_dir)
+    storage = storage or str(results_dir / "ray")
+    summary = RunSummary(preset, results_dir, uri, storage, dry_run)
+    gpu = gpus_per_trial > 0
+    if dry_run:
+        _dry_run(loaded, summary, gpu, max_concurrent, cpus_per_trial, num_cpus, address, out)
+        summary.wall_s = time.perf_counter() - started
+        return summary
+
+    for key, value in _RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    summary.timings["validate_s"] = time.perf_counter() - started
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with _launch_lock(results_dir):
+        db = sqlite_path(uri)
+        if db is not None and not db.exists():
+            # A first launch: nothing can be finished in a store that does not exist yet. The writer thread
+            # creates it while Ray starts and the first trials import torch.
+            plan = _plan_fresh(loaded, summary, gpu)
+            writer = TrackingWriter(lambda: _new_store_tracker(db, uri, results_dir), first=plan.create_experiments)
+        else:
+            tracker = _connected(lambda: Tracker(uri, results_dir), summary)
+            plan = _connected(lambda: _plan(tracker, loaded, summary, gpu), summary)
+            writer = TrackingWriter(lambda: tracker)
+        _print_header(summary, plan.killed, len(plan.targets), out)
+        started_ray = False
+        failure: Exception | None = None
+        try:
+            if plan.targets:
+                started_ray = _connect_ray(address, num_cpus, summary)
+                _run_tune(plan, writer, summary, gpus_per_trial, cpus_per_trial, max_concurrent, max_failures,
+                          fault, gpu, out)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the writer has drained
+            failure = exc
+        finally:
+            error = writer.close()
+            summary.timings["logging_s"] = writer.seconds
+            summary.timings.setdefault("setup_s", writer.setup_s)
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        if error is not None:
+            raise LaunchError(f"--tracking-uri {uri}: writing to MLflow failed ({error!r}); cells whose runs "
+                              "were not completed run again (from their checkpoints) at the next launch") from error
+        if failure is not None:
+            raise failure
+    summary.wall_s = time.perf_counter() - started
+    _print_footer(summary, out)
+    return summary
+
+
+@dataclass
+class _Plan:
+    targets: dict[str, list[Cell]]  # hash -> the cells (one per grid) that need it run
+    experiment_ids: dict[str, str]  # grid -> MLflow experiment id (filled by the writer on a first launch)
+    resumable: dict[str, Resumable]
+    killed: int = 0
+
+    def create_experiments(self, tracker: Tracker) -> None:
+        for grid in {cell.grid for cells in self.targets.values() for cell in cells}:
+            self.experiment_ids[grid] = tracker.ensure_experiment(grid)
+
+
+def _new_store_tracker(db: Path, uri: str, results_dir: Path) -> Tracker:
+    create_sqlite_store(db)
+    return Tracker(uri, results_dir)
+
+
+def _connected(step: Any, summary: RunSummary) -> Any:
+    """Run a step that talks to the tracking store; unreachable stores become a LaunchError."""
+    try:
+        return step()
+    except OSError as exc:  # a tracking server or the storage cannot be reached
+        raise LaunchError(f"tracking {summary.tracking_uri} / storage {summary.storage}: {exc}") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("mlflow"):
+            raise LaunchError(f"--tracking-uri {summary.tracking_uri}: {exc}") from None
+        raise
+
+
+def _plan_fresh(loaded: list[tuple[Grid, list[Cell]]], summary: RunSummary, gpu: bool) -> _Plan:
+    targets: dict[str, list[Cell]] = {}
+    for grid, cells in loaded:
+        summary.grids.append(GridSummary(grid.name, grid.experiment, len(cells), to_run=len(cells)))
+        for cell in cells:
+            targets.setdefault(cell.hash, []).append(cell)
+    return _finish_plan(_Plan(targets, {}, {}), summary, gpu)
+
+
+def _plan(tracker: Tracker, loaded: list[tuple[Grid, list[Cell]]], summary: RunSummary, gpu: bool) -> _Plan:
+    """Experiments up front, stale runs KILLED, dedup and adoption, checkpoints to resume from."""
+    start = time.perf_counter()
+    experiment_ids = {grid.name: tracker.ensure_experiment(grid.name) for grid, _ in loaded}
+    killed = sum(tracker.mark_stale_running(eid) for eid in experiment_ids.values())
+    finished = tracker.finished_by_hash()
+    targets: dict[str, list[Cell]] = {}
+    for grid, cells in loaded:
+        stats = GridSummary(grid.name, grid.experiment, len(cells))
+        summary.grids.append(stats)
+        eid = experiment_ids[grid.name]
+        for cell in cells:
+            runs = finished.get(cell.hash, [])
+            if any(run.experiment_id == eid for run in runs):
+                stats.already_done += 1
+            elif runs:
+                tracker.adopt(runs[0], eid, cell, summary.preset)
+                stats.adopted += 1
+            else:
+                stats.to_run += 1
+                targets.setdefault(cell.hash, []).append(cell)
+    plan = _finish_plan(_Plan(targets, experiment_ids, {}, killed), summary, gpu)
+    summary.timings["setup_s"] = time.perf_counter() - start
+    return plan
+
+
+def _finish_plan(plan: _Plan, summary: RunSummary, gpu: bool) -> _Plan:
+    """Checkpoints an earlier launch left for the cells to run, and the per-grid estimates."""
+    plan.resumable.update(find_resumable(summary.storage, set(plan.targets)))
+    for stats in summary.grids:
+        cells = [cell for cells in plan.targets.values() for cell in cells if cell.grid == stats.name]
+        stats.resumed = sum(1 for c in cells if c.hash in plan.resumable)
+        stats.estimate_s = sum(_remaining_s(c, plan.resumable, gpu) for c in cells)
+    return plan
+
+
+def _check_options(
+    gpus_per_trial: float, cpus_per_trial: float, max_concurrent: int | None, max_failures: int,
+    num_cpus: int | None,
+) -> None:
+    if not gpus_per_trial >= 0:
+        raise GridError(f"--gpus-per-trial: expected a number >= 0 (fractions share a GPU), got {gpus_per_trial}")
+    if not cpus_per_trial > 0:
+        raise GridError(f"--cpus-per-trial: expected a number > 0, got {cpus_per_trial}")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise GridError(f"--max-concurrent: expected an int >= 1, got {max_concurrent}")
+    if max_failures < 0:
+        raise GridError(f"--max-failures: expected an int >= 0, got {max_failures}")
+    if num_cpus is not None and num_cpus < 1:
+        raise GridError(f"num_cpus: expected an int >= 1, got {num_cpus}")
+
+
+def _check_address(address: str | None) -> None:
+    """A head that does not answer makes ray.init retry for many minutes: fail fast instead."""
+    if address in (None, "auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise GridError(f"--address {address}: expected host:port of a Ray head, 'auto', or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise LaunchError(f"--address {address}: no Ray head answers there ({exc.strerror or exc}); start one "
+                          "with `ray start --head`, or use --address auto on the head node") from None
+
+
+class _launch_lock:
+    """One driver per results dir: a second launch would mark the first one's live runs KILLED."""
+
+    def __init__(self, results_dir: Path) -> None:
+        self.path = results_dir / LOCK_FILE
+        self.handle: Any = None
+
+    def __enter__(self) -> None:
+        self.handle = self.path.open("a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "?"
+            self.handle.close()
+            raise LaunchError(f"another `wmhp ablate` (pid {holder}) is running on {self.path.parent}; "
+                              "wait for it, or use another --results-dir") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+
+    def __exit__(self, *exc: Any) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _remaining_s(cell: Cell, resumable: dict[str, Resumable], gpu: bool) -> float:
+    done = resumable[cell.hash].epochs if cell.hash in resumable else 0
+    return trial_seconds(cell.config, gpu, done)
+
+
+def _concurrency(max_concurrent: int | None, cpus_per_trial: float, gpus_per_trial: float,
+                 cpus: float, gpus: float = 0.0) -> int:
+    """Trials that fit at once: the resources' limit, capped by --max-concurrent (at least 1)."""
+    slots = int(cpus // cpus_per_trial)
+    if gpus_per_trial > 0:
+        slots = min(slots, int(gpus // gpus_per_trial))
+    slots = max(1, slots)
+    return min(slots, max_concurrent) if max_concurrent else slots
+
+
+# --- dry run -------------------------------------------------------------------------------------------------
+def _dry_run(
+    loaded: list[tuple[Grid, list[Cell]]], summary: RunSummary, gpu: bool, max_concurrent: int | None,
+    cpus_per_trial: float, num_cpus: int | None, address: str | None, out: TextIO,
+) -> None:
+    """Count cells done per grid from the tracking store, without writing anything (no db is created)."""
+    db = sqlite_path(summary.tracking_uri)
+    finished: dict[str, list[Any]] = {}
+    if db is None or db.exists():
+        finished = Tracker(summary.tracking_uri, summary.results_dir).finished_by_hash()
+    pending = {c.hash for _, cells in loaded for c in cells if c.hash not in finished}
+    resumable = find_resumable(summary.storage, pending)
+    counted: set[str] = set()
+    for grid, cells in loaded:
+        stats = GridSummary(grid.name, grid.experiment, len(cells))
+        for cell in cells:
+            runs = finished.get(cell.hash, [])
+            if any(run.grid == grid.name for run in runs):
+                stats.already_done += 1
+            elif runs:
+                stats.adopted += 1
+            else:
+                stats.to_run += 1
+                stats.resumed += cell.hash in resumable
+                if cell.hash not in counted:  # shared by two grids: runs once
+                    stats.estimate_s += _remaining_s(cell, resumable, gpu)
+                    counted.add(cell.hash)
+        summary.grids.append(stats)
+    slots = max_concurrent
+    if address is None and not gpu:
+        slots = _concurrency(max_concurrent, cpus_per_trial, 0.0, num_cpus or os.cpu_count() or 1)
+    device = "GPU" if gpu else "CPU thread"
+    print(f"wmhp ablate --dry-run: preset {summary.preset}, tracking {summary.tracking_uri}", file=out)
+    print(f"{'grid':<18} {'cells':>5} {'done':>5} {'adopt':>5} {'to run':>6} {'resume':>6} "
+          f"{'trial time':>10}", file=out)
+    for g in summary.grids:
+        print(f"{g.name:<18} {g.cells:>5} {g.already_done:>5} {g.adopted:>5} {g.to_run:>6} {g.resumed:>6} "
+              f"{format_duration(g.estimate_s):>10}", file=out)
+    total_s = sum(g.estimate_s for g in summary.grids)
+    line = (f"{'total':<18} {summary.total('cells'):>5} {summary.total('already_done'):>5} "
+            f"{summary.total('adopted'):>5} {summary.total('to_run'):>6} {summary.total('resumed'):>6} "
+            f"{format_duration(total_s):>10}")
+    print(line, file=out)
+    wall = f"about {format_duration(total_s / slots)} wall at {slots} concurrent trials" if slots else \
+        "wall time depends on the cluster's size (give --max-concurrent for an estimate)"
+    print(f"estimate (rough cost model, one {device} per trial): {wall}", file=out)
+
+
+# --- the Tune run ----------------------------------------------------------------------------------------
+def _connect_ray(address: str | None, num_cpus: int | None, summary: RunSummary) -> bool:
+    """Connect to (or start) Ray; True when this call started it and so must shut it down."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    start = time.perf_counter()
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:  # "local" always starts a fresh instance, never joins a cluster found on this host
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise LaunchError(f"--address {address or 'local'}: cannot start or reach Ray ({exc})") from None
+    summary.timings["ray_init_s"] = time.perf_counter() - start
+    return True
+
+
+def _run_tune(
+    plan: _Plan,
+    writer: TrackingWriter,
+    summary: RunSummary,
+    gpus_per_trial: float,
+    cpus_per_trial: float,
+    max_concurrent: int | None,
+    max_failures: int,
+    fault: str | None,
+    gpu: bool,
+    out: TextIO,
+) -> None:
+    import ray
+    from ray import tune
+
+    from pipeline.callbacks import MlflowLogger, Progress
+    from pipeline.trial import run_trial
+
+    # Tune's ResultGrid looks for the per-trial result files that TUNE_DISABLE_AUTO_CALLBACK_LOGGERS turns off.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    targets, resumable = plan.targets, plan.resumable
+    cells = {digest: entries[0] for digest, entries in targets.items()}
+    estimates = {d: _remaining_s(c, resumable, gpu) for d, c in cells.items()}
+    order = sorted(cells, key=lambda d: -estimates[d])  # longest first: fewer stragglers at the end
+    payloads = [
+        {
+            "hash": digest,
+            "grids": [cell.grid for cell in targets[digest]],
+            "config": to_dict(cells[digest].config),
+            "resume": {"storage": summary.storage, "path": resumable[digest].path} if digest in resumable else None,
+        }
+        for digest in order
+    ]
+    logger = MlflowLogger(writer, summary.preset, targets, plan.experiment_ids,
+                          {d: r.history for d, r in resumable.items()})
+    resources = ray.cluster_resources()
+    slots = _concurrency(max_concurrent, cpus_per_trial, gpus_per_trial, resources.get("CPU", 1.0),
+                         resources.get("GPU", 0.0))
+    progress = Progress(estimates, {d: c.config.epochs for d, c in cells.items()}, slots, out)
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+        param_space={
+            "cell": tune.grid_search(payloads),
+            "options": {"threads": max(1, int(cpus_per_trial)), "fault_once": fault},
+        },
+        tune_config=tune.TuneConfig(
+            num_samples=1,
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=True,
+            trial_name_creator=lambda t: f"{t.config['cell']['grids'][0]}-{t.config['cell']['hash']}",
+            trial_dirname_creator=lambda t: f"{CELL_DIR_PREFIX}{t.config['cell']['hash']}",
+        ),
+        run_config=tune.RunConfig(
+            name=f"ablate-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=summary.storage,
+            verbose=0,
+            callbacks=[logger, progress],
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    fit = time.perf_counter()
+    try:
+        tuner.fit()
+    finally:
+        summary.timings["fit_s"] = time.perf_counter() - fit
+        logger.close_open_runs()
+    for stats in summary.grids:
+        for digest, entries in targets.items():
+            if any(cell.grid == stats.name for cell in entries):
+                if logger.status.get(digest) == "FINISHED":
+                    stats.finished += 1
+                else:
+                    stats.failed += 1
+
+
+def _print_header(summary: RunSummary, killed: int, unique: int, out: TextIO) -> None:
+    total = summary.total("cells")
+    parts = [f"{total} cells in {len(summary.grids)} grid(s)", f"{summary.total('already_done')} done before"]
+    if summary.total("adopted"):
+        parts.append(f"{summary.total('adopted')} copied from other grids")
+    parts.append(f"{unique} to run")
+    if summary.total("resumed"):
+        parts.append(f"{summary.total('resumed')} resuming from checkpoints")
+    if killed:
+        parts.append(f"{killed} stale RUNNING run(s) marked KILLED")
+    print(f"wmhp ablate ({summary.preset}): " + ", ".join(parts), file=out)
+    print(f"  tracking {summary.tracking_uri}  storage {summary.storage}", file=out, flush=True)
+
+
+def _print_footer(summary: RunSummary, out: TextIO) -> None:
+    for g in summary.grids:
+        status = f"{g.finished} finished, {g.failed} failed" if g.to_run else "nothing to run"
+        print(f"  {g.name:<18} {g.cells:>4} cells: {g.already_done + g.adopted} done before, {status}", file=out)
+    print(f"wmhp ablate: {'ok' if summary.ok else f'{summary.failed} cell(s) FAILED'} "
+          f"in {format_duration(summary.wall_s)}", file=out, flush=True)

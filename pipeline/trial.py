@@ -1,0 +1,198 @@
+"""The Tune trainable (one cell = one trial) and the checkpoints it leaves in Tune storage.
+
+A trial trains in a local working directory that holds bnn.train's ``state.pt`` plus ``history.json`` (every
+epoch's metrics so far, and the size of the state file it belongs with). After each epoch the directory is
+reported as a ``tune.Checkpoint``, which Tune copies to ``<storage>/<launch>/cell-<config_hash>/``. A retried
+trial restarts from ``tune.get_checkpoint()``; a cell whose driver was killed restarts, in the next launch, from
+the newest complete checkpoint any earlier launch left for its hash (``find_resumable``).
+
+Test-only fault hook: the driver reads ``WMHP_FAULT_ONCE=<marker dir>:<epoch>`` and every trial then raises once
+(per config hash, remembered by a marker file) right after reporting that epoch's checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HISTORY_FILE = "history.json"
+STATE_FILE = "state.pt"
+CELL_DIR_PREFIX = "cell-"
+FAULT_ENV = "WMHP_FAULT_ONCE"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the WMHP_FAULT_ONCE test hook."""
+
+
+# --- storage ---------------------------------------------------------------------------------------------
+def storage_filesystem(storage: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path on it) for a local directory or a URI such as ``s3://bucket/prefix``."""
+    import pyarrow.fs
+
+    if "://" in storage:
+        return pyarrow.fs.FileSystem.from_uri(storage)
+    return pyarrow.fs.LocalFileSystem(), str(Path(storage).resolve())
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """The newest complete checkpoint an earlier launch left for one cell."""
+
+    storage: str
+    path: str  # on storage_filesystem(storage)
+    history: list[dict[str, float]]
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+
+def find_resumable(storage: str, hashes: set[str]) -> dict[str, Resumable]:
+    """For each hash in ``hashes``, the checkpoint with the most epochs under ``<storage>/*/cell-<hash>/``."""
+    import pyarrow.fs
+
+    fs, root = storage_filesystem(storage)
+    found: dict[str, Resumable] = {}
+    if not hashes:
+        return found
+
+    def listing(path: str) -> list[Any]:
+        try:
+            return fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+        except OSError:
+            return []
+
+    for launch in listing(root):
+        if launch.type != pyarrow.fs.FileType.Directory:
+            continue
+        for cell_dir in listing(launch.path):
+            digest = cell_dir.base_name[len(CELL_DIR_PREFIX) :]
+            if not cell_dir.base_name.startswith(CELL_DIR_PREFIX) or digest not in hashes:
+                continue
+            for checkpoint in listing(cell_dir.path):
+                if not checkpoint.base_name.startswith("checkpoint_"):
+                    continue
+                history = _complete_history(fs, checkpoint.path)
+                if history and (digest not in found or len(history) > found[digest].epochs):
+                    found[digest] = Resumable(storage, checkpoint.path, history)
+    return found
+
+
+def _complete_history(fs: Any, path: str) -> list[dict[str, float]] | None:
+    """The history of a checkpoint directory, or None when it is incomplete (a copy cut short by a kill)."""
+    import pyarrow.fs
+
+    try:
+        with fs.open_input_stream(f"{path}/{HISTORY_FILE}") as handle:
+            record = json.loads(handle.readall().decode())
+        state = fs.get_file_info(f"{path}/{STATE_FILE}")
+    except (OSError, ValueError):
+        return None
+    if state.type != pyarrow.fs.FileType.File or state.size != record.get("state_bytes"):
+        return None
+    history = record.get("history")
+    epochs = [int(row["epoch"]) for row in history or []]
+    return history if epochs and epochs == list(range(1, len(epochs) + 1)) else None
+
+
+def copy_checkpoint(resumable: dict[str, str], destination: Path) -> None:
+    import pyarrow.fs
+
+    fs, _ = storage_filesystem(resumable["storage"])
+    pyarrow.fs.copy_files(resumable["path"], str(destination), source_filesystem=fs,
+                          destination_filesystem=pyarrow.fs.LocalFileSystem())
+
+
+def fetch_file(storage: Any, directory: str, name: str, scratch: Path) -> Path | None:
+    """``directory/name`` on a storage URI/path (or a pyarrow filesystem) copied into ``scratch``; None if absent."""
+    import pyarrow.fs
+
+    fs = storage if isinstance(storage, pyarrow.fs.FileSystem) else storage_filesystem(storage)[0]
+    source = f"{directory}/{name}"
+    if fs.get_file_info(source).type != pyarrow.fs.FileType.File:
+        return None
+    pyarrow.fs.copy_files(source, str(scratch / name), source_filesystem=fs,
+                          destination_filesystem=pyarrow.fs.LocalFileSystem())
+    return scratch / name
+
+
+def read_history(directory: Path) -> list[dict[str, float]]:
+    path = directory / HISTORY_FILE
+    return json.loads(path.read_text())["history"] if path.exists() else []
+
+
+def write_history(directory: Path, history: list[dict[str, float]]) -> None:
+    """Atomically, after state.pt: the recorded state size lets a reader reject a half-copied checkpoint."""
+    record = {"state_bytes": (directory / STATE_FILE).stat().st_size, "history": history}
+    tmp = directory / f".{HISTORY_FILE}.tmp"
+    tmp.write_text(json.dumps(record, allow_nan=True))
+    os.replace(tmp, directory / HISTORY_FILE)
+
+
+# --- fault hook (tests) ----------------------------------------------------------------------------------
+def parse_fault_spec(text: str | None) -> tuple[str, int] | None:
+    if not text:
+        return None
+    directory, _, epoch = text.rpartition(":")
+    if not directory or not epoch.isdigit() or int(epoch) < 1:
+        raise ValueError(f"{FAULT_ENV}: expected <marker dir>:<epoch >= 1>, got {text!r}")
+    return directory, int(epoch)
+
+
+def maybe_fault(spec: tuple[str, int] | None, digest: str, epoch: int) -> None:
+    if spec is None or epoch != spec[1]:
+        return
+    marker = Path(spec[0]) / f"{digest}.fault"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    raise InjectedFault(f"{FAULT_ENV}: injected failure after epoch {epoch} of cell {digest}")
+
+
+# --- the trainable ---------------------------------------------------------------------------------------
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable. ``config``: {"cell": {hash, config, resume}, "options": {threads, fault_once}}."""
+    import torch
+    from ray import tune
+
+    from bnn.config import config_hash, from_dict, resolve
+    from bnn.train import train
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
+    cell, options = config["cell"], config["options"]
+    torch.set_num_threads(options["threads"])
+    train_config = resolve(from_dict(cell["config"]))
+    if config_hash(train_config) != cell["hash"]:
+        raise RuntimeError(
+            f"cell {cell['hash']}: this worker resolves the config to {config_hash(train_config)}; "
+            "the driver and the workers run different wmhp versions"
+        )
+    fault = parse_fault_spec(options.get("fault_once"))
+    work = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-"))
+    try:
+        restored = tune.get_checkpoint()
+        if restored is not None:
+            restored.to_directory(str(work))
+        elif cell.get("resume"):
+            copy_checkpoint(cell["resume"], work)
+        history = read_history(work)
+
+        def report(metrics: dict[str, float]) -> None:
+            history.append(metrics)
+            write_history(work, history)
+            tune.report({"wmhp": metrics}, checkpoint=tune.Checkpoint.from_directory(str(work)))
+            maybe_fault(fault, cell["hash"], int(metrics["epoch"]))
+
+        train(train_config, report=report, checkpoint_dir=work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+

@@ -1,0 +1,270 @@
+"""Grid files: the eight shipped grids, expansion semantics, and broken files refused before anything is written."""
+
+from __future__ import annotations
+
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bnn.config import flatten
+from bnn.mapping import latent_to_filter
+from pipeline.cli import ablate_main
+from pipeline.grids import GridError, builtin_grids, expand, find_grid, load_cells, load_grid
+
+
+
+def cells_of(name: str, preset: str) -> list:
+    return expand(load_grid(find_grid(name)), preset, check_paths=False)
+
+
+def write_grid(tmp_path: Path, body: str, name: str = "g.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+# --- the shipped grids ---------------------------------------------------------------------------------------
+def test_eight_grids_ship_with_the_documented_presets() -> None:
+    grids = [load_grid(p) for p in builtin_grids()]
+    assert [g.experiment for g in grids] == [f"e{i}" for i in range(1, 9)]
+    for grid in grids:
+        assert {"smoke", "cpu", "cifar10"} <= set(grid.presets), grid.name
+        assert ("imagenet" in grid.presets) == (grid.experiment == "e8"), grid.name
+        for preset in grid.presets:
+            assert expand(grid, preset, check_paths=False), (grid.name, preset)
+
+
+@pytest.mark.parametrize("path", builtin_grids(), ids=lambda p: p.stem)
+def test_presets_have_their_scale(path: Path) -> None:
+    grid = load_grid(path)
+    smoke = expand(grid, "smoke", check_paths=False)
+    assert 2 <= len(smoke) <= 6
+    for cell in smoke:
+        c = cell.config
+        assert (c.data.name, c.model.name, c.model.hidden, c.epochs, c.batch_size) == (
+            "digits", "mlp", (64, 64), 2, 64)
+    for cell in expand(grid, "cpu", check_paths=False):
+        assert (cell.config.data.name, cell.config.model.name) == ("fashion-mnist", "mlp")
+    for cell in expand(grid, "cifar10", check_paths=False):
+        c = cell.config
+        assert (c.data.name, c.model.name, c.epochs, c.batch_size) == ("cifar10", "resnet20", 350, 128)
+
+
+def test_e1_pairs_latent_sgd_with_the_exactly_mapped_filter() -> None:
+    cells = cells_of("e1", "cpu")
+    assert len(cells) == 6
+    by_setting: dict[tuple, dict[str, object]] = {}
+    for cell in cells:
+        c = cell.config
+        assert (c.init.scale, c.dtype, c.schedule.name) == (0.0, "float64", "constant")
+        opt = c.binary_opt
+        by_setting.setdefault((opt.lr, opt.weight_decay, opt.momentum), {})[opt.name] = opt
+    assert len(by_setting) == 3
+    for (lr, wd, mu), pair in by_setting.items():
+        assert set(pair) == {"sgd", "filter"}
+        assert (pair["filter"].alpha, pair["filter"].gamma) == latent_to_filter(lr, wd, mu)
+
+
+def test_e2_anti_diagonals_share_alpha() -> None:
+    cells = cells_of("e2", "cpu")
+    products = Counter(f"{c.config.binary_opt.lr * c.config.binary_opt.weight_decay:.3e}" for c in cells)
+    assert sorted(products.values()) == [1, 1, 2, 2, 3, 3, 4]
+    assert all(c.config.binary_opt.name == "sgd" and c.config.binary_opt.momentum == 0 for c in cells)
+
+
+def test_e3_spans_init_scales_with_and_without_decay() -> None:
+    cells = cells_of("e3", "cpu")
+    scales = sorted({c.config.init.scale for c in cells})
+    assert scales[-1] / scales[0] >= 1e4
+    assert {c.config.binary_opt.weight_decay > 0 for c in cells} == {False, True}
+
+
+def test_e4_filter_cells_map_each_momentum() -> None:
+    cells = cells_of("e4", "cpu")
+    latent = {c.config.binary_opt.momentum for c in cells if c.config.binary_opt.name == "sgd"}
+    assert latent == {0.0, 0.5, 0.9, 0.99}
+    for cell in cells:
+        opt = cell.config.binary_opt
+        if opt.name == "filter":
+            assert (opt.alpha, opt.gamma) == latent_to_filter(opt.lr, opt.weight_decay, opt.momentum)
+
+
+def test_e8_compares_four_optimizers_over_three_seeds() -> None:
+    for preset in ("cpu", "cifar10"):
+        cells = cells_of("e8", preset)
+        assert Counter(c.config.binary_opt.name for c in cells) == {"adam": 3, "sgd": 3, "bop": 3, "filter": 3}
+        assert {c.config.seed for c in cells} == {0, 1, 2}
+    imagenet = cells_of("e8", "imagenet")
+    for cell in imagenet:
+        c = cell.config
+        assert (c.model.name, c.data.name, c.batch_size, c.epochs) == ("reactnet_a", "imagenet", 512, 256)
+        assert c.model.teacher_path
+    adam = [c.config.binary_opt for c in imagenet if c.config.binary_opt.name == "adam"]
+    assert adam and adam[0].lr == 1e-3
+
+
+# --- expansion semantics -----------------------------------------------------------------------------------
+def test_expansion_merges_presets_zips_axes_and_expands_env(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WMHP_TEST_ROOT", str(tmp_path))
+    path = write_grid(tmp_path, """\
+        name: t
+        experiment: e0
+        base:
+          binary_opt: {name: filter, gamma: 0.5}
+          data.root: ${WMHP_TEST_ROOT}
+        axes:
+          binary_opt.alpha: [0.1, 0.01]
+          seed: [0, 1, 2]
+          variant:
+            - {epochs: 3}
+            - {epochs: 4, batch_size: 32}
+        presets:
+          smoke:
+            axes:
+              seed: null
+              binary_opt.alpha: [0.5]
+        """)
+    cells = expand(load_grid(path), "smoke")
+    assert [(c.config.binary_opt.alpha, c.config.epochs, c.config.batch_size) for c in cells] == [
+        (0.5, 3, 64), (0.5, 4, 32)]
+    assert all(c.config.data.root == str(tmp_path) and c.config.seed == 0 for c in cells)
+    assert all(c.config.binary_opt.gamma == 0.5 and c.config.data.name == "digits" for c in cells)
+    assert cells[1].label == {"binary_opt.alpha": 0.5, "variant": {"epochs": 4, "batch_size": 32}}
+    overridden = expand(load_grid(path), "smoke", {"binary_opt.gamma": 0.25, "data.root": None})
+    assert {flatten(c.config)["binary_opt.gamma"] for c in overridden} == {0.25}
+    assert len({c.hash for c in cells + overridden}) == 4
+
+
+def test_a_cell_is_identified_by_its_resolved_config(tmp_path: Path) -> None:
+    # alpha null maps (lr, wd, momentum) to exactly the values written out by hand: the same cell.
+    lr, wd, mu = 0.1, 5e-4, 0.9
+    alpha, gamma = latent_to_filter(lr, wd, mu)
+    path = write_grid(tmp_path, f"""\
+        name: t
+        experiment: e0
+        base: {{binary_opt.name: filter, binary_opt.lr: {lr}, binary_opt.weight_decay: {wd},
+                binary_opt.momentum: {mu}}}
+        axes:
+          variant:
+            - {{binary_opt.alpha: null}}
+            - {{binary_opt.alpha: {alpha!r}, binary_opt.gamma: {gamma!r}}}
+        presets: {{smoke: {{}}}}
+        """)
+    with pytest.raises(GridError, match="same config"):
+        expand(load_grid(path), "smoke")
+
+
+# --- broken grid files: exit 2, the key named, nothing written -------------------------------------------
+GOOD_HEAD = "name: broken\nexperiment: e0\n"
+# The default optimizer (filter, alpha mapped from weight decay 0) is not runnable: presets give it an alpha.
+RUNNABLE = "{smoke: {base: {binary_opt.alpha: 1.0e-3}}}"
+
+
+def broken_file(tmp_path: Path, body: str) -> Path:
+    return write_grid(tmp_path, GOOD_HEAD + body.replace("{smoke: {}}", RUNNABLE))
+
+BROKEN = {
+    "unknown top-level key": ("axis: {seed: [0]}\npresets: {smoke: {}}", "axis"),
+    "unknown field in base": ("base: {binary_opt.lrr: 0.1}\npresets: {smoke: {}}", "binary_opt.lrr"),
+    "unknown nested field": ("base: {binary_opt: {lrr: 0.1}}\npresets: {smoke: {}}", "binary_opt.lrr"),
+    "wrong type": ("base: {epochs: ten}\npresets: {smoke: {}}", "epochs"),
+    "empty axis": ("axes: {binary_opt.lr: []}\npresets: {smoke: {}}", "binary_opt.lr"),
+    "axis not a list": ("axes: {seed: 3}\npresets: {smoke: {}}", "seed"),
+    "out of range": ("axes: {binary_opt.momentum: [0.5, 1.5]}\npresets: {smoke: {}}", "binary_opt.momentum"),
+    "out of range in base": ("base: {batch_size: 0}\npresets: {smoke: {}}", "batch_size"),
+    "bad literal": ("axes: {schedule.name: [linear, exponential]}\npresets: {smoke: {}}", "schedule.name"),
+    "missing dataset dir": ("base: {data.root: /nonexistent/wmhp-data}\npresets: {smoke: {}}", "data.root"),
+    "missing teacher file": ("base: {model.teacher_path: /nonexistent/t.pth}\npresets: {smoke: {}}",
+                             "model.teacher_path"),
+    "subset larger than dataset": ("base: {data.train_subset: 5000}\npresets: {smoke: {}}", "data.train_subset"),
+    "zipped axis of scalars": ("axes: {optimizr: [sgd, filter]}\npresets: {smoke: {}}", "optimizr"),
+    "section as axis": ("axes: {binary_opt: [{lr: 0.1}]}\npresets: {smoke: {}}", "binary_opt"),
+    "bad field in zipped axis": ("axes: {v: [{binary_opt.nme: sgd}]}\npresets: {smoke: {}}", "binary_opt.nme"),
+    "two axes set one field": ("axes: {seed: [0, 1], v: [{seed: 2}]}\npresets: {smoke: {}}", "seed"),
+    "duplicate cells": ("axes: {seed: [0, 0]}\npresets: {smoke: {}}", "same config"),
+    "unmappable filter": ("base: {binary_opt: {name: filter, weight_decay: 0.0}}\n"
+                          "presets: {smoke: {base: {binary_opt.alpha: null}}}", "binary_opt.alpha"),
+    "unset environment variable": ("base: {data.root: '${WMHP_TEST_UNSET_VARIABLE}'}\npresets: {smoke: {}}",
+                                   "WMHP_TEST_UNSET_VARIABLE"),
+    "preset not defined": ("presets: {cpu: {}}", "smoke"),
+    "no presets": ("axes: {seed: [0]}", "presets"),
+    "unknown preset key": ("presets: {smoke: {bases: {}}}", "bases"),
+    "null removes a missing axis": ("presets: {smoke: {axes: {seed: null}}}", "seed"),
+    "not YAML": ("presets: {smoke: [}", "YAML"),
+}
+
+
+@pytest.mark.parametrize("body,key", BROKEN.values(), ids=list(BROKEN))
+def test_broken_grid_file_exits_2_naming_the_key(tmp_path: Path, capsys, body: str, key: str) -> None:
+    grid = broken_file(tmp_path, body)
+    results = tmp_path / "results"
+    assert ablate_main([str(grid), "--preset", "smoke", "--results-dir", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert key in err and str(grid) in err, err
+    assert not results.exists()
+
+
+BAD_OPTIONS = {
+    "--set on an axis": (["--set", "seed=4"], "axes: {seed: [0, 1]}\npresets: {smoke: {}}", "--set seed"),
+    "--set unknown key": (["--set", "binary_opt.nope=1"], "presets: {smoke: {}}", "binary_opt.nope"),
+    "--set bad value": (["--set", "epochs=-1"], "presets: {smoke: {}}", "epochs"),
+    "--gpus-per-trial": (["--gpus-per-trial", "-1"], "presets: {smoke: {}}", "--gpus-per-trial"),
+    "--max-concurrent": (["--max-concurrent", "0"], "presets: {smoke: {}}", "--max-concurrent"),
+    "--preset missing": (["--preset", "imagenet"], "presets: {smoke: {}}", "imagenet"),
+    "--address malformed": (["--address", "headnode"], "presets: {smoke: {}}", "--address headnode"),
+}
+
+
+@pytest.mark.parametrize("extra,body,key", BAD_OPTIONS.values(), ids=list(BAD_OPTIONS))
+def test_bad_options_exit_2_naming_the_option(tmp_path: Path, capsys, extra, body, key) -> None:
+    grid = broken_file(tmp_path, body)
+    results = tmp_path / "results"
+    argv = [str(grid), "--results-dir", str(results)] + extra
+    if "--preset" not in extra:
+        argv += ["--preset", "smoke"]
+    assert ablate_main(argv) == 2
+    assert key in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_missing_name_is_refused(tmp_path: Path, capsys) -> None:
+    grid = write_grid(tmp_path, "experiment: e0\npresets: {smoke: {}}")
+    assert ablate_main([str(grid), "--preset", "smoke", "--results-dir", str(tmp_path / "r")]) == 2
+    assert "name: required" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_unreachable_ray_head_fails_fast_before_writing(tmp_path: Path, capsys) -> None:
+    grid = broken_file(tmp_path, "presets: {smoke: {}}")
+    results = tmp_path / "results"
+    argv = [str(grid), "--preset", "smoke", "--results-dir", str(results), "--address", "127.0.0.1:1"]
+    assert ablate_main(argv) == 1
+    assert "no Ray head answers" in capsys.readouterr().err
+    assert not results.exists()
+
+
+def test_unknown_grid_name_lists_the_grids(tmp_path: Path, capsys) -> None:
+    assert ablate_main(["e9", "--results-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "e9" in err and "e1" in err and "e8" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_all_grids_are_checked_before_any_is_run(tmp_path: Path) -> None:
+    broken = broken_file(tmp_path, "axes: {seed: [0, 0]}\npresets: {smoke: {}}")
+    with pytest.raises(GridError, match="same config"):
+        load_cells(["e2", str(broken)], "smoke")
+
+
+def test_dry_run_counts_without_writing(tmp_path: Path, capsys) -> None:
+    results = tmp_path / "results"
+    assert ablate_main(["e2", "e5", "--preset", "cpu", "--results-dir", str(results), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("e2_", "e5_", "total"))}
+    assert rows["e2_lr_wd"][1:5] == ["16", "0", "0", "16"]
+    assert rows["e5_alpha_gamma"][1:5] == ["20", "0", "0", "20"]
+    assert rows["total"][1] == "36"
+    assert "wall at" in out
+    assert not results.exists()

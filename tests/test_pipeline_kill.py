@@ -1,0 +1,125 @@
+"""`wmhp ablate` killed with SIGKILL mid-grid, then the same command again: every cell finished exactly once."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipeline.grids import expand, load_grid
+
+mlflow = pytest.importorskip("mlflow")
+pytestmark = pytest.mark.slow
+
+
+def ablate(grid: Path, results: Path) -> list[str]:
+    return [sys.executable, "-m", "wmhp.cli", "ablate", str(grid), "--preset", "smoke", "--results-dir", str(results)]
+
+
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    members.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return members
+
+
+def stop_leftovers(pgid: int) -> None:
+    """Ray helper processes of the killed driver's session (all in the process group we started) are ended."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in group_members(pgid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def finished_runs(results: Path) -> list:
+    """FINISHED runs of the test grid, read while the driver may be writing (sqlite allows a reader)."""
+    db = results / "mlflow.db"
+    try:  # read-only first: a client opening a half-created store would run schema migrations concurrently
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            if not connection.execute("SELECT 1 FROM experiments WHERE name = 'wmhp/killme'").fetchall():
+                return []
+    except sqlite3.Error:
+        return []
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("wmhp/killme")
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+
+
+def test_sigkill_mid_grid_then_rerun_finishes_every_cell_exactly_once(tmp_path: Path) -> None:
+    grid = tmp_path / "killme.yaml"
+    grid.write_text(textwrap.dedent("""\
+        name: killme
+        experiment: e0
+        base: {epochs: 20, binary_opt: {name: filter, gamma: 0.1}}
+        axes:
+          binary_opt.alpha: [1.0e-5, 1.0e-4, 1.0e-3, 1.0e-2, 1.0e-1, 1.0]
+        presets: {smoke: {}}
+        """))
+    hashes = {c.hash for c in expand(load_grid(grid), "smoke")}
+    results = tmp_path / "results"
+    driver = subprocess.Popen(ablate(grid, results), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in driver.stdout], daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:  # the first cell is done ...
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                continue
+            if "] done" in seen[-1]:
+                break
+        while time.monotonic() < deadline and not finished_runs(results):  # ... and recorded: kill the driver
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        time.sleep(1)
+        stop_leftovers(driver.pid)
+    assert any("] done" in line for line in seen), "".join(seen)
+
+    before = {r.data.tags["wmhp.config_hash"]: r.info.run_id for r in finished_runs(results)}
+    assert 1 <= len(before) < len(hashes)
+
+    try:
+        rerun = subprocess.run(ablate(grid, results), capture_output=True, text=True, timeout=600)
+    finally:
+        stop_leftovers(driver.pid)  # agents of the killed session may outlive the first sweep
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{len(before)} done before" in rerun.stdout
+
+    client = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("wmhp/killme").experiment_id])
+    finished = Counter(r.data.tags["wmhp.config_hash"] for r in runs if r.info.status == "FINISHED")
+    assert finished == Counter({h: 1 for h in hashes})  # every cell, exactly once
+    for digest, run_id in before.items():  # finished before the kill: kept, not run again
+        assert [r.info.run_id for r in runs if r.data.tags["wmhp.config_hash"] == digest] == [run_id]
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
+    for run in runs:
+        if run.info.status == "FINISHED":
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")]
+            assert sorted(steps) == list(range(1, 21))

@@ -1,0 +1,1 @@
+"""The `wmhp` command: one entry point dispatching to bnn, pipeline and analysis."""

@@ -1,0 +1,39 @@
+"""`wmhp <command>`: dispatches to the package that owns the command, importing it only when used."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("bnn.cli", "train one config: wmhp train CONFIG.yaml [--set key=value ...]"),
+    "translate": ("bnn.cli", "translate latent SGD/Adam hyperparameters to the gradient filter and back"),
+    "ablate": ("pipeline.cli", "run ablation grids on Ray Tune with MLflow tracking"),
+    "collect": ("analysis.cli", "MLflow runs -> runs.parquet and curves.parquet"),
+    "figures": ("analysis.cli", "parquet -> figures, tables and REPORT.md"),
+    "reproduce": ("wmhp.reproduce", "all grids, collect, figures and report in one go"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: wmhp <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "wmhp <command> --help for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"wmhp: unknown command {command!r} (allowed: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(getattr(module, command.replace("-", "_") + "_main")(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
