@@ -24,10 +24,9 @@ def reproduce_main(argv: list[str]) -> int:
     parser.add_argument("--address", help="Ray cluster address (default: local Ray)")
     args = parser.parse_args(argv)
 
-    import analysis
     import pipeline
-    from analysis.collect import CollectError
-    from analysis.figures import FiguresError
+    from analysis.collect import CollectError, collect
+    from analysis.figures import FiguresError, make_figures
     from analysis.schema import SchemaError
 
     start = time.perf_counter()
@@ -44,8 +43,8 @@ def reproduce_main(argv: list[str]) -> int:
     if ray.is_initialized():  # figures draw in forked workers; a live Ray client makes gRPC warn on fork
         ray.shutdown()
     try:
-        analysis.collect(args.results_dir, args.tracking_uri)
-        written = analysis.make_figures(args.results_dir, args.preset)
+        collect(args.results_dir, args.tracking_uri)
+        written = make_figures(args.results_dir, args.preset)
     except (CollectError, SchemaError, FiguresError) as exc:
         return _fail(str(exc))
     minutes = (time.perf_counter() - start) / 60
