@@ -1,18 +1,16 @@
 """MLflow runs -> parquet -> figures, tables and REPORT.md. Imports bnn.config, never pipeline.
 
-``collect`` needs MLflow; ``make_figures`` needs only the parquet files (and matplotlib): each is imported on use.
+``collect`` needs MLflow (imported inside the call); ``make_figures`` needs only the parquet files and matplotlib,
+imported on use.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-
-def collect(results_dir: Path, tracking_uri: str | None = None) -> tuple[Path, Path]:
-    """MLflow -> ``<results_dir>/runs.parquet`` and ``curves.parquet``; see analysis.collect."""
-    from analysis.collect import collect as _collect
-
-    return _collect(results_dir, tracking_uri)
+# Bound eagerly: a lazy wrapper named like its submodule is replaced by the module object as soon as anything
+# imports ``analysis.collect``. The module itself is light (pyarrow, bnn.config); MLflow loads inside the call.
+from analysis.collect import collect
 
 
 def make_figures(results_dir: Path, preset: str | None = None) -> list[Path]:
