@@ -76,10 +76,16 @@ def assert_same(got: dict[str, float], want: dict[str, float]) -> None:
             assert got[key] == pytest.approx(want[key], rel=1e-12, abs=0), key
 
 
-def test_epoch_summaries_match_a_direct_computation():
+@pytest.fixture(params=["numpy", "torch"])
+def counter(request) -> str:
+    """Both counters (numpy on the CPU, torch kernels as on a GPU) must give the direct computation's numbers."""
+    return request.param
+
+
+def test_epoch_summaries_match_a_direct_computation(counter: str):
     named = make_weights()
     weights = [w for _, w in named]
-    tracker = FlipTracker(named)
+    tracker = FlipTracker(named, counter=counter)
     history = [negative(weights)]
     gen = torch.Generator().manual_seed(1)
     got = []
@@ -99,10 +105,10 @@ def test_epoch_summaries_match_a_direct_computation():
     assert math.isnan(empty["flip_ratio"]) and empty["steps"] == EPOCHS * STEPS_PER_EPOCH
 
 
-def test_changes_between_steps_are_not_counted_as_flips():
+def test_changes_between_steps_are_not_counted_as_flips(counter: str):
     named = make_weights()
     latent, binary = (w for _, w in named)
-    tracker = FlipTracker(named)
+    tracker = FlipTracker(named, counter=counter)
     tracker.before_step()
     binary[:5] *= -1
     tracker.after_step()
@@ -118,10 +124,11 @@ def test_changes_between_steps_are_not_counted_as_flips():
         tracker.after_step()
 
 
-def test_state_dict_resumes_mid_epoch_with_identical_numbers():
+@pytest.mark.parametrize("saved_by", ["numpy", "torch"])
+def test_state_dict_resumes_mid_epoch_with_identical_numbers(counter: str, saved_by: str):
     named = make_weights()
     weights = [w for _, w in named]
-    uninterrupted = FlipTracker(named)
+    uninterrupted = FlipTracker(named, counter=saved_by)
     gen = torch.Generator().manual_seed(2)
     resumed = None
     summaries: dict[str, list[dict[str, float]]] = {"uninterrupted": [], "resumed": []}
@@ -130,7 +137,7 @@ def test_state_dict_resumes_mid_epoch_with_identical_numbers():
             buffer = io.BytesIO()
             torch.save(uninterrupted.state_dict(), buffer)
             buffer.seek(0)
-            resumed = FlipTracker(named)
+            resumed = FlipTracker(named, counter=counter)
             resumed.load_state_dict(torch.load(buffer, weights_only=True))
         trackers = [uninterrupted] + ([resumed] if resumed else [])
         for t in trackers:
@@ -150,6 +157,10 @@ def test_state_dict_resumes_mid_epoch_with_identical_numbers():
 def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="named_weights: expected at least one"):
         FlipTracker([])
+    with pytest.raises(ValueError, match="counter: expected one of"):
+        FlipTracker(make_weights(), counter="gpu")
+    with pytest.raises(ValueError, match="counter: 'numpy' needs CPU weights"):
+        FlipTracker([("w", torch.ones(3, dtype=torch.bfloat16))], counter="numpy")
     with pytest.raises(ValueError, match="named_weights: expected unique names"):
         FlipTracker([("a", torch.ones(2)), ("a", torch.ones(3))])
     state = FlipTracker(make_weights()).state_dict()

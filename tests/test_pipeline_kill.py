@@ -51,15 +51,22 @@ def stop_leftovers(pgid: int) -> None:
             time.sleep(0.2)
 
 
-def finished_runs(results: Path) -> list:
-    """FINISHED runs of the test grid, read while the driver may be writing (sqlite allows a reader)."""
+def finished_runs(results: Path, driver_alive: bool = True) -> list:
+    """FINISHED runs of the test grid.
+
+    While the driver lives, a read-only probe comes first: a client opening a half-created store would run schema
+    migrations concurrently. Once the driver is SIGKILLed mid-transaction it may leave a hot journal, which only a
+    read-write connection can roll back (read-only gets "attempt to write a readonly database"), so afterwards the
+    client opens the store directly.
+    """
     db = results / "mlflow.db"
-    try:  # read-only first: a client opening a half-created store would run schema migrations concurrently
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-            if not connection.execute("SELECT 1 FROM experiments WHERE name = 'wmhp/killme'").fetchall():
-                return []
-    except sqlite3.Error:
-        return []
+    if driver_alive:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+                if not connection.execute("SELECT 1 FROM experiments WHERE name = 'wmhp/killme'").fetchall():
+                    return []
+        except sqlite3.Error:
+            return []
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     experiment = client.get_experiment_by_name("wmhp/killme")
     if experiment is None:
@@ -102,7 +109,8 @@ def test_sigkill_mid_grid_then_rerun_finishes_every_cell_exactly_once(tmp_path: 
         stop_leftovers(driver.pid)
     assert any("] done" in line for line in seen), "".join(seen)
 
-    before = {r.data.tags["wmhp.config_hash"]: r.info.run_id for r in finished_runs(results)}
+    before = {r.data.tags["wmhp.config_hash"]: r.info.run_id
+              for r in finished_runs(results, driver_alive=False)}
     assert 1 <= len(before) < len(hashes)
 
     try:

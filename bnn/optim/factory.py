@@ -31,6 +31,10 @@ def _resolved(value: float | None, field: str) -> float:
     return value
 
 
+# torch's multi-tensor (foreach) updates give the same numbers as its per-tensor loop, bit for bit, but on the CPU
+# the default per-tensor loop makes Adam about 2x slower (a fresh buffer per op and tensor): foreach everywhere.
+
+
 def build_binary_optimizer(
     cfg: BinaryOptConfig,
     params: Iterable[Any],
@@ -46,12 +50,14 @@ def build_binary_optimizer(
     if initial_state is not None and cfg.name != "filter":
         raise ValueError(f"initial_state: only the filter optimizer takes one, binary_opt.name is {cfg.name!r}")
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               foreach=True)
     if cfg.name == "adam":
         if cfg.decay_mode not in ("l2", "decoupled"):
             raise ValueError(f"binary_opt.decay_mode: expected 'l2' or 'decoupled', got {cfg.decay_mode!r}")
         adam = torch.optim.Adam if cfg.decay_mode == "l2" else torch.optim.AdamW
-        return adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                    foreach=True)
     if cfg.name == "bop":
         return Bop(params, gamma=_resolved(cfg.gamma, "gamma"), threshold=cfg.threshold)
     return GradientFilter(
@@ -62,7 +68,8 @@ def build_binary_optimizer(
 def build_real_optimizer(cfg: RealOptConfig, params: Iterable[Any]) -> torch.optim.Optimizer:
     """The real-valued parameters' optimizer: Adam (L2 weight decay) or SGD with momentum (L2 weight decay)."""
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               foreach=True)
     raise ValueError(f"real_opt.name: expected 'adam' or 'sgd', got {cfg.name!r}")
