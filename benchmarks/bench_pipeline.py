@@ -4,7 +4,7 @@ Both sides run the same cells with the same concurrency, each as a fresh ``pytho
 and imports count on both sides). The pool calls ``bnn.train`` with one torch thread per worker and nothing else:
 no Ray, no MLflow, no checkpoints. Goal (issue 4): pipeline wall time at most 1.15x the pool's.
 
-Usage: python -m benchmarks.bench_pipeline [GRID] [PRESET]      (one grid; default e6 cpu)
+Usage: python -m benchmarks.bench_pipeline [GRID|all] [PRESET]      (one grid, or all; default e6 cpu)
 ``run`` (make bench) measures the grids in WMHP_BENCH_GRIDS (default "e6,e5": 8 and 20 trials) and splits the
 overhead into a fixed launch cost and a per-trial part.
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 
 GOAL = 1.15
 DEFAULT_GRID = "e6"
+ALL = "all"  # every grid in one launch: the main job of `make reproduce`
 
 
 def _pool_main(grid: str, preset: str, workers: int) -> None:
@@ -29,14 +30,24 @@ def _pool_main(grid: str, preset: str, workers: int) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.grids import load_cells
-
-    cells = [cell for _, grid_cells in load_cells([grid], preset) for cell in grid_cells]
+    cells = _unique_cells(grid, preset)
     # spawn, like Ray's worker processes: each worker imports torch itself instead of inheriting a forked one
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_pin_threads) as pool:
         finals = list(pool.map(_train, [cell.config for cell in cells]))
     print(json.dumps({"trials": len(finals)}))
+
+
+def _unique_cells(grid: str, preset: str) -> list:
+    """The cells of one grid, or of every grid for ``all`` (the main job), each config once: a cell that two grids
+    share runs once in `wmhp ablate` too (the second grid adopts its run)."""
+    from pipeline.grids import load_cells
+
+    unique = {}
+    for _, grid_cells in load_cells(None if grid == ALL else [grid], preset):
+        for cell in grid_cells:
+            unique.setdefault(cell.hash, cell)
+    return list(unique.values())
 
 
 def _pin_threads() -> None:
@@ -61,17 +72,16 @@ def _timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 def measure(grid: str = DEFAULT_GRID, preset: str = "cpu", workers: int | None = None) -> dict:
-    from pipeline.grids import load_cells
-
     workers = workers or os.cpu_count() or 1
-    cells = [cell for _, grid_cells in load_cells([grid], preset) for cell in grid_cells]
+    cells = _unique_cells(grid, preset)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryDirectory(prefix="wmhp-bench-") as tmp:
         # Ray gives each 1-CPU worker OMP_NUM_THREADS=1; the pool's workers get the same.
         pool_env = {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         pool_s, _ = _timed([sys.executable, "-m", "benchmarks.bench_pipeline", "--pool", grid, preset,
                             str(workers)], pool_env)
-        ablate = [sys.executable, "-m", "wmhp.cli", "ablate", grid, "--preset", preset, "--results-dir", tmp,
+        grids = [] if grid == ALL else [grid]
+        ablate = [sys.executable, "-m", "wmhp.cli", "ablate", *grids, "--preset", preset, "--results-dir", tmp,
                   "--max-concurrent", str(workers)]
         pipeline_s, out = _timed(ablate + ["--timings"], env)
     timings = json.loads(re.search(r"^timings (\{.*\})$", out, re.M).group(1))

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +143,12 @@ def run_grids(
         failure: Exception | None = None
         try:
             if plan.targets:
+                # Tune and the trainable take seconds to import; ray.init mostly waits on the processes it
+                # starts (the GIL is free), so the imports run beside it.
+                importer = threading.Thread(target=_import_tune_side, name="wmhp-import", daemon=True)
+                importer.start()
                 started_ray = _connect_ray(address, num_cpus, summary)
+                importer.join()
                 _run_tune(plan, writer, summary, gpus_per_trial, cpus_per_trial, max_concurrent, max_failures,
                           fault, gpu, out)
         except Exception as exc:  # noqa: BLE001 - re-raised below, after the writer has drained
@@ -376,6 +382,15 @@ def _connect_ray(address: str | None, num_cpus: int | None, summary: RunSummary)
         raise LaunchError(f"--address {address or 'local'}: cannot start or reach Ray ({exc})") from None
     summary.timings["ray_init_s"] = time.perf_counter() - start
     return True
+
+
+def _import_tune_side() -> None:
+    try:
+        import ray.tune  # noqa: F401
+
+        import pipeline.callbacks  # noqa: F401
+    except BaseException:  # noqa: BLE001 - only a head start: _run_tune imports them again and reports errors
+        pass
 
 
 def _run_tune(
