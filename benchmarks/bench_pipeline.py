@@ -6,7 +6,8 @@ no Ray, no MLflow, no checkpoints. Goal (issue 4): pipeline wall time at most 1.
 
 Usage: python -m benchmarks.bench_pipeline [GRID|all] [PRESET]      (one grid, or all; default e6 cpu)
 ``run`` (make bench) measures the grids in WMHP_BENCH_GRIDS (default "e6,e5": 8 and 20 trials) and splits the
-overhead into a fixed launch cost and a per-trial part.
+overhead into a fixed launch cost and a per-trial part. ``WMHP_BENCH_GRIDS=all`` (or ``... bench_pipeline all``)
+measures the whole main job of `make reproduce` in one launch: about 20 minutes on 2 cores.
 """
 
 from __future__ import annotations
