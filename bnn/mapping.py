@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+if TYPE_CHECKING:  # torch stays unimported until a tensor is handed in: see bnn.checks
+    from torch import Tensor
 
-from bnn.optim.checks import check_momentum, check_non_negative, check_positive, check_rate
+from bnn.checks import check_momentum, check_non_negative, check_positive, check_rate
 
 
 def _check_latent(lr: float, weight_decay: float, momentum: float) -> tuple[float, float, float]:

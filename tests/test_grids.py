@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -268,3 +270,13 @@ def test_dry_run_counts_without_writing(tmp_path: Path, capsys) -> None:
     assert rows["total"][1] == "36"
     assert "wall at" in out
     assert not results.exists()
+
+
+def test_validating_every_grid_leaves_torch_unimported():
+    """The driver expands and resolves every cell (mapping alpha/gamma included) without importing torch, whose
+    import would cost every launch seconds of CPU that its trials need."""
+    code = ("import sys; from pipeline.grids import load_cells; cells = load_cells(None, 'smoke'); "
+            "assert sum(len(c) for _, c in cells) > 0; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

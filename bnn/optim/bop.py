@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from bnn.optim.base import SignFlipOptimizer
-from bnn.optim.checks import check_non_negative, check_rate
+from bnn.checks import check_non_negative, check_rate
 from bnn.optim.elementwise import ema_, flip_where_exceeds_
 
 

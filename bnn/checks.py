@@ -1,4 +1,8 @@
-"""Argument checks shared by the optimizers and bnn.mapping: each error names the argument and its range."""
+"""Argument checks shared by the optimizers and bnn.mapping: each error names the argument and its range.
+
+Torch-free on purpose: bnn.config resolves through bnn.mapping, and the pipeline driver must not pay for
+importing torch (seconds of CPU at every launch) just to validate grids.
+"""
 
 from __future__ import annotations
 
