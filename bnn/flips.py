@@ -43,6 +43,24 @@ class _TorchCounter:
     def zeros(self) -> Tensor:
         return torch.zeros(len(self.weights), dtype=torch.int64, device=self.device)
 
+    def counts(self, saved: Tensor) -> Tensor:
+        return saved.to(device=self.device, dtype=torch.int64).clone()
+
+    def mark_first(self, forget_step: float | Tensor, crossed: Tensor, step: int) -> Tensor:
+        """``step`` where ``crossed`` and no step is recorded yet, kept on the device (no host sync)."""
+        current = torch.as_tensor(forget_step, dtype=torch.float64, device=self.device)
+        return torch.where(torch.isnan(current) & crossed, float(step), current)
+
+    def to_host(
+        self, flips: Tensor, disagreeing: Tensor, forget_step: float | Tensor
+    ) -> tuple[list[float], float, float]:
+        """(flips per layer, disagreeing count, forget step) as Python numbers, in one host sync."""
+        forget = torch.as_tensor(forget_step, dtype=torch.float64, device=self.device)
+        *per_layer, disagreeing_count, forget_value = torch.cat(
+            [flips.double(), disagreeing.double().view(1), forget.view(1)]
+        ).tolist()
+        return per_layer, disagreeing_count, forget_value
+
 
 class _NumpyCounter:
     """Sign bits and counts with numpy on views of the CPU tensors; counts are int64 numpy arrays."""
@@ -65,6 +83,15 @@ class _NumpyCounter:
 
     def zeros(self) -> np.ndarray:
         return np.zeros(len(self.weights), dtype=np.int64)
+
+    def counts(self, saved: Tensor) -> np.ndarray:
+        return saved.to(dtype=torch.int64).cpu().numpy().copy()
+
+    def mark_first(self, forget_step: float, crossed: np.bool_, step: int) -> float:
+        return float(step) if crossed and math.isnan(forget_step) else forget_step
+
+    def to_host(self, flips: np.ndarray, disagreeing: np.int64, forget_step: float) -> tuple[list[float], float, float]:
+        return flips.tolist(), float(disagreeing), forget_step
 
 
 def _choose_counter(weights: list[Tensor], counter: str) -> _TorchCounter | _NumpyCounter:
@@ -106,7 +133,6 @@ class FlipTracker:
         self._epoch_steps = 0
         self._epoch_flips: Any = self._counter.zeros()
         self._forget_step: Any = math.nan  # a float, or a 0-dim float64 tensor on the device (no host sync)
-        self._forget_known = False  # once it is known on the host, per-step agreement counts are not needed
         # Two sign buffers, reused: the signs before a step and after it. After a step its buffer holds the
         # latest signs, which are the next step's "before" as long as the weights are untouched in between.
         self._buffers = [self._counter.negative(), self._counter.negative()]
@@ -134,39 +160,27 @@ class FlipTracker:
         self._epoch_flips += self._counter.count_differing(now, self._buffers[self._before])
         self._epoch_steps += 1
         self.global_step += 1
-        if not self._forget_known:
-            self._update_forget_step(now)
+        if not self._forget_step_known():  # once it is, the per-step agreement count is not needed
+            disagreeing = self._counter.count_differing(now, self._initial_negative).sum()
+            crossed = disagreeing > self.total * (1.0 - AGREEMENT_FORGET_LEVEL)  # agreement below the level
+            self._forget_step = self._counter.mark_first(self._forget_step, crossed, self.global_step)
         self._before = None
         self._latest, self._latest_versions = index, self._versions()
 
-    def _update_forget_step(self, now: list[Tensor]) -> None:
-        disagreeing = self._counter.count_differing(now, self._initial_negative).sum()
-        forgotten = disagreeing > self.total * (1.0 - AGREEMENT_FORGET_LEVEL)  # agreement below the level
-        if isinstance(self._counter, _NumpyCounter):
-            if forgotten:
-                self._forget_step, self._forget_known = float(self.global_step), True
-            return
-        if not isinstance(self._forget_step, Tensor):
-            self._forget_step = torch.full((), self._forget_step, dtype=torch.float64, device=self._counter.device)
-        first = torch.isnan(self._forget_step) & forgotten
-        self._forget_step = torch.where(first, float(self.global_step), self._forget_step)
+    def _forget_step_known(self) -> bool:
+        """Known on the host: always with the numpy counter, after an epoch_summary() with the torch one."""
+        return isinstance(self._forget_step, float) and not math.isnan(self._forget_step)
 
     def epoch_summary(self, reset: bool = True) -> dict[str, float]:
         """This epoch's figures (one host sync on a GPU); ``reset`` starts the next epoch's counts."""
         disagreeing = self._counter.count_differing(self._counter.negative(), self._initial_negative).sum()
-        if isinstance(self._epoch_flips, Tensor):
-            forget = torch.as_tensor(self._forget_step, dtype=torch.float64, device=self._counter.device)
-            figures = torch.cat([self._epoch_flips.double(), disagreeing.double().view(1), forget.view(1)])
-            *flips, disagreeing_count, forget_step = figures.tolist()
-            self._forget_step = forget_step
-            self._forget_known = not math.isnan(forget_step)
-        else:
-            flips, disagreeing_count, forget_step = self._epoch_flips.tolist(), int(disagreeing), self._forget_step
+        flips, disagreeing_count, forget_step = self._counter.to_host(self._epoch_flips, disagreeing, self._forget_step)
+        self._forget_step = forget_step
         steps = self._epoch_steps
         summary = {"flip_ratio": sum(flips) / (steps * self.total) if steps else math.nan}
         summary.update({f"flips.{name}": (f / steps if steps else math.nan) for name, f in zip(self.names, flips)})
         summary["sign_agreement_init"] = 1.0 - disagreeing_count / self.total
-        summary["init_forget_step"] = float(forget_step)
+        summary["init_forget_step"] = forget_step
         summary["steps"] = float(self.global_step)
         if reset:
             self._epoch_flips = self._counter.zeros()
@@ -197,11 +211,6 @@ class FlipTracker:
                                   for t, w in zip(initial, self.weights)]
         self.global_step = int(state["global_step"])
         self._epoch_steps = int(state["epoch_steps"])
-        flips = state["epoch_flips"].to(dtype=torch.int64)
-        forget_step = float(state["init_forget_step"])
-        if isinstance(self._counter, _NumpyCounter):
-            self._epoch_flips = flips.cpu().numpy().copy()
-        else:
-            self._epoch_flips = flips.to(self._counter.device).clone()
-        self._forget_step, self._forget_known = forget_step, not math.isnan(forget_step)
+        self._epoch_flips = self._counter.counts(state["epoch_flips"])
+        self._forget_step = float(state["init_forget_step"])
         self._before, self._latest, self._latest_versions = None, None, []
