@@ -106,3 +106,12 @@ def difference(diff: Interval, delta: float = 0.0) -> str:
     if diff.high < delta:
         return "not greater"
     return "unclear"
+
+
+def half_widths(std: pd.Series | np.ndarray, n: pd.Series | np.ndarray) -> np.ndarray:
+    """Element-wise 95 % t-interval half-widths from sample stds and counts; NaN where n < 2 (no interval)."""
+    std_array, n_array = np.asarray(std, dtype=float), np.asarray(n, dtype=float)
+    out = np.full(std_array.shape, math.nan)
+    ok = (n_array >= 2) & np.isfinite(std_array)
+    out[ok] = scipy_stats.t.ppf(0.5 + LEVEL / 2, n_array[ok] - 1) * std_array[ok] / np.sqrt(n_array[ok])
+    return out

@@ -81,21 +81,22 @@ def grids(size: Size) -> dict[str, list[dict[str, Any]]]:
         for wd in (0.0, 5e-4)
         for s in seeds
     ]
-    momenta = [0.0, 0.5, 0.9, 0.99][: max(n, 2)]
+    # As pipeline/grids/e4_momentum.yaml: alpha fixed at 1e-2 (wd = alpha * gamma / lr), latent SGD per momentum
+    # and its exactly mapped filter twin started from the mapped latent init.
+    momenta = [(0.0, 1e-1), (0.5, 4.9495e-2), (0.9, 9.0909e-3), (0.97, 2.0202e-3)][: max(n, 2)]
+    twin = {"binary_opt.alpha": None, "binary_opt.gamma": None, "binary_opt.state_init": "latent"}
     out["e4_momentum"] = [
         {
             **base,
-            "binary_opt.name": "sgd",
+            "binary_opt.name": name,
+            **(twin if name == "filter" else {}),
             "binary_opt.lr": 0.1,
-            "binary_opt.weight_decay": 5e-4,
+            "binary_opt.weight_decay": wd,
             "binary_opt.momentum": mu,
             "seed": s,
         }
-        for mu in momenta
-        for s in seeds
-    ] + [
-        {**base, "binary_opt.name": "filter", "binary_opt.alpha": 1e-4, "binary_opt.gamma": g, "seed": s}
-        for g in logs(-2, 0)
+        for mu, wd in momenta
+        for name in ("sgd", "filter")
         for s in seeds
     ]
     out["e5_alpha_gamma"] = [
