@@ -42,9 +42,14 @@ NO_DECAY_RULE = (
 )
 
 
+def trained(experiment: Experiment) -> pd.DataFrame:
+    """The runs whose binary weights are trained (a frozen control, if the grid holds one, is not a scale cell)."""
+    return experiment.runs[experiment.runs["binary_opt.name"] != "frozen"]
+
+
 def series(experiment: Experiment) -> pd.DataFrame:
-    """Runs with their final forget step and first-epoch alpha."""
-    runs = experiment.runs.copy()
+    """Trained runs with their final forget step and first-epoch alpha."""
+    runs = trained(experiment).copy()
     last_forget = experiment.curves.groupby("run_id")["init_forget_step"].last()
     runs["forget_step"] = runs["run_id"].map(last_forget)
     first_alpha = experiment.curves.sort_values("epoch").groupby("run_id")["alpha"].first()
@@ -66,7 +71,7 @@ def extremes(group: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, float, fl
 
 def verdicts(experiment: Experiment) -> list[Verdict]:
     """The with-decay verdict (DECAY_RULE) and the without-decay verdict (NO_DECAY_RULE)."""
-    runs = experiment.runs
+    runs = trained(experiment)
     noise = noise_floor(runs, [SCALE, WD])
     delta = margin(noise)
     return [_decay_verdict(runs, noise, delta), _no_decay_verdict(runs, noise, delta)]
