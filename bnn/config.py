@@ -27,8 +27,10 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: Literal["mlp", "resnet20", "reactnet_a"] = "mlp"
     hidden: tuple[int, ...] = (512, 512, 512)  # mlp only: real in->h[0], binary h[i]->h[i+1], real h[-1]->out
-    # Identity keeps dL/dw = dL/db, which the latent<->filter equivalence needs; "clipped" is larq's ste_sign.
-    weight_ste: Literal["identity", "clipped"] = "identity"
+    # Identity keeps dL/dw = dL/db, which the latent<->filter equivalence needs; "clipped" is larq's ste_sign;
+    # "reactnet" is the official code's step-2 HardBinaryConv: mean|w| scaling built in (detached), clamp estimator
+    # with the gradient not multiplied by the scale (bnn/layers.py). Binary weights (bop, filter) ignore it.
+    weight_ste: Literal["identity", "clipped", "reactnet"] = "identity"
     activation_ste: Literal["bireal", "clipped"] = "bireal"
     scaling: bool = False  # per-output-channel mean|w| scaling (latent weights only)
     teacher_path: str | None = None  # reactnet_a: torchvision ResNet-34 state_dict for distillation
