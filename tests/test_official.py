@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 import torch.nn.functional as F
 
 from bnn.config import ModelConfig
@@ -57,3 +61,67 @@ def test_imagenet_preset_latent_layers_use_the_official_estimator() -> None:
     assert load_scales()["imagenet"]["model.weight_ste"] == "reactnet"
     model = build_model(ModelConfig(name="resnet20", weight_ste="reactnet"), "latent", 10, (3, 8, 8))
     assert all(layer.weight_ste == "reactnet" for _, layer in binary_layers(model))
+
+
+# --- Lighting (PCA colour) augmentation ------------------------------------------------------------------------
+OFFICIAL_EIGVAL = np.asarray([0.2175, 0.0188, 0.0045])
+OFFICIAL_EIGVEC = np.asarray([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
+
+
+def test_lighting_adds_the_official_pca_increment() -> None:
+    from bnn.data.imagenet import Lighting
+
+    image = torch.rand(3, 5, 4, dtype=torch.float64)
+    torch.manual_seed(7)
+    out = Lighting(0.1)(image)
+    torch.manual_seed(7)
+    alpha = (torch.randn(3, dtype=torch.float64) * 0.1).numpy()
+    increment = OFFICIAL_EIGVEC @ (alpha * OFFICIAL_EIGVAL)  # the official code's inc, without the uint8 cast
+    np.testing.assert_allclose((out - image).numpy(), np.broadcast_to(increment[:, None, None], (3, 5, 4)),
+                               rtol=0, atol=1e-12)  # fmt: skip
+    assert np.abs(increment).max() > 0
+    assert torch.equal(Lighting(0.0)(image), image)
+
+
+def write_flat_colour_tree(root: Path, colours: dict[str, tuple[int, int, int]]) -> None:
+    """Real JPEG and PNG files of one flat colour per class, so crops and flips leave the colour as is."""
+    for split in ("train", "val"):
+        for i, (name, colour) in enumerate(colours.items()):
+            (root / split / name).mkdir(parents=True)
+            array = np.broadcast_to(np.asarray(colour, dtype=np.uint8), (40, 48, 3)).copy()
+            Image.fromarray(array).save(root / split / name / "a.png")
+            Image.fromarray(array).save(root / split / name / "b.JPEG", quality=100)
+
+
+def test_image_folder_training_transform_applies_lighting(tmp_path: Path) -> None:
+    from bnn.config import DataConfig
+    from bnn.data import load_data
+    from bnn.data.imagenet import MEAN, STD
+
+    colours = {"n0": (200, 60, 90), "n1": (40, 160, 220)}
+    write_flat_colour_tree(tmp_path, colours)
+    data = load_data(DataConfig(name="imagenet", root=str(tmp_path), num_workers=0), torch.device("cpu"),
+                     torch.float64, seed=0)  # fmt: skip
+    mean = torch.tensor(MEAN, dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float64).view(3, 1, 1)
+
+    def increments(batches: list) -> np.ndarray:
+        rows = []
+        for x, y in batches:
+            for image, label in zip(x, y):
+                pixels = image * std + mean
+                assert torch.allclose(pixels, pixels[:, :1, :1], atol=0.03)  # still one flat colour
+                colour = torch.tensor(list(colours.values())[int(label)], dtype=torch.float64) / 255
+                rows.append((pixels.mean(dim=(1, 2)) - colour).numpy())
+        return np.stack(rows)
+
+    train = increments(list(data.train_batches(1, 4)))
+    # Each increment is eigvec @ (alpha * eigval): solve for alpha; a JPEG's rounding is < 2/255 per channel.
+    alphas = np.linalg.solve(OFFICIAL_EIGVEC, train.T).T / OFFICIAL_EIGVAL
+    assert np.abs(train).max() > 2.5 / 255  # some image moved beyond compression noise
+    assert np.all(np.abs(alphas[:, 0]) < 0.6)  # the dominant component: within 6 alphastd
+    assert len({round(float(a), 6) for a in alphas[:, 0]}) == len(alphas)  # fresh noise per image
+    val = increments(list(data.test_batches(4)))
+    assert np.abs(val).max() < 2.5 / 255  # no lighting at evaluation
+    again = increments(list(data.train_batches(1, 4)))
+    np.testing.assert_array_equal(again, train)  # (seed, epoch) fixes it
