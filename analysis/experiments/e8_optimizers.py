@@ -48,6 +48,8 @@ def setting(row: pd.Series) -> str:
 def table(experiment: Experiment) -> pd.DataFrame:
     """One row per (dataset, model, optimizer cell): accuracies in percent, unrounded; references beside."""
     runs = experiment.runs
+    if "stage" in runs.columns:  # a step-1 run (real weights) is not a binary network: only its step 2 is shown
+        runs = runs[runs["stage"] != "step1"]
     final = cell_stats(runs, GROUP)
     best = cell_stats(runs, GROUP, "best_test_acc")
     first = runs.drop_duplicates("cell").set_index("cell")
