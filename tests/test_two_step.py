@@ -111,3 +111,21 @@ def test_pipeline_runs_step1_then_step2_from_it(tmp_path: Path) -> None:
     direct = train(config, init_from=tmp_path / "s1" / CHECKPOINT_FILE)
     assert second.data.metrics["sign_hash"] == direct["sign_hash"]
     assert second.data.metrics["test_acc"] == direct["test_acc"]
+
+
+def test_imagenet_e8_dry_run_lists_step1_cells_before_their_step2(tmp_path: Path) -> None:
+    from pipeline import run_grids
+
+    (tmp_path / "imagenet").mkdir()
+    (tmp_path / "resnet34.pth").write_bytes(b"")
+    out = io.StringIO()
+    run_grids(["e8"], "imagenet", tmp_path / "res", dry_run=True, out=out,
+              overrides={"data.root": str(tmp_path / "imagenet"), "model.teacher_path": str(tmp_path / "resnet34.pth")})
+    lines = out.getvalue().splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("two-step cells")))
+    rows = [line.split() for line in lines[start + 1:]]
+    assert [(r[1], r[2], r[6]) for r in rows] == [("1", "step1", "adam"), ("1", "step1", "sgd"),
+                                                  ("2", "step2", "adam"), ("2", "step2", "sgd")]
+    step1_names = [r[3] for r in rows[:2]]
+    assert [r[-1] for r in rows[2:]] == step1_names  # each step 2 names the step-1 run it starts from
+    assert not (tmp_path / "res").exists()  # a dry run writes nothing
