@@ -8,7 +8,7 @@ small sizes so the test suite can check it. Writes a markdown report (default re
     DataLoader (benchmarks.bench_train.time_cifar_loaders), and the on-device path with ``deterministic``.
 (c) GradientFilter.step on ReActNet-A-shaped binary weights (28.3M; --cpu: channels / 8) against the official
     optimizer step as benchmarks.bench_filter transcribes it; sign mismatches against the unfused reference.
-(d) A 4-trial smoke grid (e8) through ``wmhp ablate --gpus-per-trial 0.25`` on the local GPU (--cpu: 0).
+(d) A 4-trial smoke grid (e1) through ``wmhp ablate --gpus-per-trial 0.25`` on the local GPU (--cpu: 0).
 
 Run: benchmarks/gpu_check.sh [--cpu] [--out PATH]   (the shell wrapper sets CUBLAS_WORKSPACE_CONFIG first).
 """
@@ -117,8 +117,8 @@ def filter_step(device: torch.device, small: bool, repeats: int) -> dict[str, An
 
 
 def smoke_grid(gpus_per_trial: float, scratch: Path, small: bool) -> dict[str, Any]:
-    """``wmhp ablate e8 --preset smoke`` (4 trials) in a subprocess, as a user would run it (--cpu: 1 epoch)."""
-    command = [sys.executable, "-m", "wmhp.cli", "ablate", "e8", "--preset", "smoke", "--results-dir",
+    """``wmhp ablate e1 --preset smoke`` (4 trials) in a subprocess, as a user would run it (--cpu: 1 epoch)."""
+    command = [sys.executable, "-m", "wmhp.cli", "ablate", "e1", "--preset", "smoke", "--results-dir",
                str(scratch / "ablate"), "--gpus-per-trial", str(gpus_per_trial)]  # fmt: skip
     if small:
         command += ["--set", "epochs=1"]
@@ -127,7 +127,7 @@ def smoke_grid(gpus_per_trial: float, scratch: Path, small: bool) -> dict[str, A
     lines = (done.stdout + done.stderr).strip().splitlines()
     return {"command": " ".join(["wmhp", *command[3:]]), "rc": done.returncode, "seconds": time.perf_counter() - started,
             "ok": done.returncode == 0 and any("wmhp ablate: ok" in line for line in lines),
-            "tail": [line for line in lines if line.lstrip().startswith(("wmhp ablate", "e8_optimizers"))][-4:]}
+            "tail": [line for line in lines if line.lstrip().startswith(("wmhp ablate", "e1_equivalence"))][-4:]}
 
 
 def markdown(r: dict[str, Any]) -> str:
