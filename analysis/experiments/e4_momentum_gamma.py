@@ -104,7 +104,9 @@ def analyse(experiment: Experiment, out_dir: Path) -> Section:
         | {"binary_opt.state_init"},
     )
     by = ["filter_alpha", "filter_gamma", MU]
-    stats = {name: cell_intervals(group, by) for name, group in runs.groupby("binary_opt.name")}
+    stats = {
+        name: cell_intervals(group, by).sort_values("filter_gamma") for name, group in runs.groupby("binary_opt.name")
+    }
     for name, acc in stats.items():
         section.findings.append(
             f"{plotting.OPTIMIZER_LABELS[name]}: {len(acc)} settings, final test accuracy "
