@@ -188,7 +188,7 @@ def r2_scores(frame: pd.DataFrame) -> pd.DataFrame:
                 [_log_or_complement(runs[c].to_numpy(float), c) for c in full] + [schedule]),
         }
         for name, x in features.items():
-            folds = min(5, len(y))
+            folds = min(5, len(y) // 2)  # at least two samples per held-out fold: R^2 needs them
             value = math.nan
             if folds >= 3 and np.var(y) > 0:
                 model = RandomForestRegressor(n_estimators=200, min_samples_leaf=2, random_state=SEED)
@@ -264,8 +264,8 @@ def analyse(experiment: Experiment, out_dir: Path, tables_dir: Path) -> Section:
 
 
 def draw(frame: pd.DataFrame, r2: pd.DataFrame, out_dir: Path, caption: str) -> list[Path]:
-    fig, axes = plotting.figure(4, 1, TITLE)
-    dodge_ax, tpe_ax, map_ax, r2_ax = axes[0]
+    fig, axes = plotting.figure(2, 2, TITLE)
+    (dodge_ax, tpe_ax), (map_ax, r2_ax) = axes
     _draw_dodge(dodge_ax, pools(frame))
     _draw_tpe(tpe_ax, tpe_curves(frame))
     _draw_map(fig, map_ax, frame)
@@ -283,8 +283,9 @@ def _draw_dodge(ax: object, pooled: dict[str, np.ndarray]) -> None:
         ax.plot(curve["n"], 100 * curve["expected"], color=color, label=f"{SPACE_LABELS[space]} (N={len(scores)})")
         ax.fill_between(curve["n"], 100 * curve["low"], 100 * curve["high"], color=color, alpha=0.15, lw=0)
     ax.set_xlabel("random trials n")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("expected best validation accuracy (%)")
-    ax.set_title("(a) random search: E[best of n] (Dodge), 95 % bootstrap")
+    ax.set_title("(a) random search: E[best of n] (Dodge), 95 % band")
     ax.legend(loc="lower right")
 
 
@@ -308,6 +309,7 @@ def _draw_tpe(ax: object, curves: dict[str, list[np.ndarray]]) -> None:
     if not drawn:
         ax.text(0.5, 0.5, "no finished TPE trials (n = 0)", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("TPE trial")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("best validation accuracy so far (%)")
     ax.set_title("(b) TPE: median and range over repeats")
     if drawn:
@@ -333,7 +335,7 @@ def _draw_map(fig: object, ax: object, frame: pd.DataFrame) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("alpha (log)")
     ax.set_ylabel("gamma (log)")
-    ax.set_title(f"(c) latent SGD on the filter's map; no real reading: n={apart}")
+    ax.set_title(f"(c) latent SGD at its filter reading (none: n={apart})")
     if apart:  # shown apart: a strip of their validation accuracies, at the right edge
         strip = sgd[~real][SCORE].to_numpy(float)
         ax.text(0.98, 0.02, "no real reading:\n" + ", ".join(f"{100 * v:.1f}" for v in sorted(strip)[:12])
@@ -347,7 +349,7 @@ def _draw_r2(ax: object, r2: pd.DataFrame) -> None:
     labels, values, colors = [], [], []
     for record in r2.itertuples():
         labels.append(f"{record.space}\n{record.features.split(' ')[0]} (n={record.n})")
-        values.append(record.r2 if math.isfinite(record.r2) else 0.0)
+        values.append(max(record.r2, -1.0) if math.isfinite(record.r2) else 0.0)  # below -1: clipped, value printed
         colors.append("tab:red" if record.features.startswith("filter") else "0.5")
     ax.barh(range(len(values)), values, color=colors)
     for i, record in enumerate(r2.itertuples()):
@@ -355,5 +357,6 @@ def _draw_r2(ax: object, r2: pd.DataFrame) -> None:
         ax.text(0.01, i, text, va="center", fontsize=7)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlim(-1.05, 1.05)
     ax.set_xlabel("cross-validated R² of validation accuracy")
-    ax.set_title("(d) variance explained: 3 filter coordinates vs full config")
+    ax.set_title("(d) variance explained: filter coords vs full config")
