@@ -61,3 +61,44 @@ def test_verdict_follows_the_pools(shift: float, expected: str) -> None:
 def test_verdict_is_inconclusive_without_enough_trials() -> None:
     frame = doctored(0.1, size=1)
     assert e9.verdict(frame, bootstrap=50)["verdict"] == "inconclusive"
+
+
+def synthetic_trials(seed: int = 0, pool: int = 10, repeats: int = 3, trials: int = 6) -> pd.DataFrame:
+    """E9-shaped runs whose score depends on alpha alone, some latent SGD samples without a real reading."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for space, name in (("latent_adam", "adam"), ("latent_sgd", "sgd"), ("filter", "filter")):
+        for searcher, repeat, index in [("random", 0, i) for i in range(pool)] + [
+                ("tpe", r, i) for r in range(repeats) for i in range(trials)]:
+            lr, wd, mu = 10 ** rng.uniform(-2, 0), 10 ** rng.uniform(-2.3, -0.3), 1 - 10 ** rng.uniform(-2, 0)
+            alpha, gamma = (10 ** rng.uniform(-2.3, -0.3), 10 ** rng.uniform(-2, 0)) if name == "filter" else \
+                (lr * wd / (1 - mu), 1 - mu)
+            if name == "sgd" and index % 4 == 3:
+                alpha = gamma = math.nan  # no real reading
+            score = 0.9 - 0.05 * abs(math.log10(lr * wd / (1 - mu) if math.isnan(alpha) else alpha) + 1.3)
+            rows.append({"search_space": space, "searcher": searcher, "search_repeat": repeat, "search_index": index,
+                         "start_time": index, e9.SCORE: score + rng.normal(0, 0.002), "binary_opt.name": name,
+                         "binary_opt.lr": lr, "binary_opt.weight_decay": wd, "binary_opt.momentum": mu,
+                         "binary_opt.beta1": mu, "binary_opt.beta2": 0.999, "binary_opt.eps": 1e-8,
+                         "binary_opt.alpha": alpha if name == "filter" else None,
+                         "binary_opt.gamma": gamma if name == "filter" else None, "init.scale": 1e-3,
+                         "schedule.name": ["constant", "linear"][index % 2],
+                         "filter_alpha": alpha if name != "adam" else math.nan,
+                         "filter_gamma": gamma if name != "adam" else math.nan})
+    return pd.DataFrame(rows)
+
+
+def test_figure_table_and_r2_from_synthetic_trials(tmp_path) -> None:
+    frame = e9.trials(synthetic_trials())
+    table = e9.reach_table(frame)
+    assert set(zip(table["space"], table["searcher"])) == {(s, k) for s in e9.SPACES for k in ("random", "tpe")}
+    best = frame[e9.SCORE].max()
+    winner = table[table["best_val_acc"] == best].iloc[0]
+    assert math.isfinite(winner["trials_to_reach"]) and winner["trials_to_reach"] >= 1
+    r2 = e9.r2_scores(frame)
+    sgd = r2[r2["space"] == "latent_sgd"]
+    assert (sgd["n"] == 30 - 30 // 4 - (1 if 30 % 4 == 3 else 0)).all() or (sgd["n"] < 30).all()
+    filter_r2 = sgd[sgd["features"].str.startswith("filter")]["r2"].iloc[0]
+    assert filter_r2 > 0.5  # the score was made a function of alpha: the filter coordinates must explain it
+    paths = e9.draw(frame, r2, tmp_path, "synthetic")
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
