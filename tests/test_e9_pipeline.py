@@ -100,7 +100,7 @@ def test_e9_smoke_ablate_collect_figures(tmp_path: Path) -> None:
 KILL_GRID = """\
 name: e9_killme
 experiment: e9
-base: {epochs: 6, binary_opt.name: filter}
+base: {epochs: 3, binary_opt.name: filter}
 search:
   metric: val_acc
   spaces:
