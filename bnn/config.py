@@ -26,7 +26,10 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     name: Literal["mlp", "resnet20", "reactnet_a"] = "mlp"
-    hidden: tuple[int, ...] = (512, 512, 512)  # mlp only: real in->h[0], binary h[i]->h[i+1], real h[-1]->out
+    hidden: tuple[int, ...] = (512, 512, 512)  # mlp only: in->h[0], binary h[i]->h[i+1], real h[-1]->out
+    # mlp only. "binary" (BinaryNet style: real pixels x binary weights) makes the binary weights carry the
+    # accuracy: frozen at init they score far below trained (paper.md section 6); "real" keeps in->h[0] real.
+    first_layer: Literal["binary", "real"] = "binary"
     # Identity keeps dL/dw = dL/db, which the latent<->filter equivalence needs; "clipped" is larq's ste_sign.
     weight_ste: Literal["identity", "clipped"] = "identity"
     activation_ste: Literal["bireal", "clipped"] = "bireal"
@@ -41,6 +44,9 @@ class DataConfig:
     download: bool = False  # allow a torchvision download when the files are not found locally
     augment: bool = True  # cifar10 / imagenet training augmentation
     train_subset: int | None = None  # use only the first N training examples (fixed by the split seed)
+    # Held out from the training set (before train_subset) for every selection: best epoch, best cell, searched
+    # setting. The test set is reported, never selected on. 0 = no validation split (val metrics are NaN).
+    val_fraction: float = 0.1
     num_workers: int = 2  # imagenet DataLoader workers
 
 
@@ -49,11 +55,12 @@ class BinaryOptConfig:
     """Optimizer of the binary weights. Which fields apply depends on ``name``:
 
     sgd: lr, momentum, weight_decay (L2). adam: lr, beta1, beta2, eps, weight_decay, decay_mode.
-    bop: gamma (Bop's adaptivity rate), threshold. filter: alpha, gamma; alpha None maps lr, weight_decay and
-    momentum exactly to (alpha, gamma) through bnn.mapping.
+    bop: gamma (Bop's adaptivity rate), threshold. filter: alpha, gamma, state_init; alpha None maps lr,
+    weight_decay and momentum exactly to (alpha, gamma) through bnn.mapping. frozen: the control, binary weights
+    stay at the signs of their init (real-valued parameters train as usual).
     """
 
-    name: Literal["sgd", "adam", "bop", "filter"] = "filter"
+    name: Literal["sgd", "adam", "bop", "filter", "frozen"] = "filter"
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -64,6 +71,11 @@ class BinaryOptConfig:
     alpha: float | None = None
     gamma: float | None = None
     threshold: float = 0.0
+    # filter only. "zero": m = x = 0, the paper's optimizer (its first step overwrites the init's signs).
+    # "latent": the state latent SGD at (lr, alpha*gamma/lr) would be in after its init w0, x0 = m0 =
+    # -(alpha*gamma/lr) w0 (bnn.mapping.filter_state_from_latent), so the filter and latent SGD from the same
+    # random init are one optimizer.
+    state_init: Literal["zero", "latent"] = "zero"
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,11 @@ class RealOptConfig:
 
 @dataclass(frozen=True)
 class InitConfig:
-    """Latent-weight initialisation: Uniform(-scale, scale) or Normal(0, scale)."""
+    """Latent-weight initialisation: Uniform(-scale, scale) or Normal(0, scale).
+
+    scale must be > 0: an all-zero init makes every binary weight +1 (sign(0) = +1), a symmetric network that
+    cannot learn (19.9 % measured with a binary first layer), so it is refused rather than silently broken.
+    """
 
     distribution: Literal["uniform", "normal"] = "uniform"
     scale: float = 1e-3
@@ -117,6 +133,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     ),
     "data.train_subset": (lambda v: v is None or v >= 1, "null or an int >= 1"),
     "data.num_workers": (lambda v: v >= 0, "an int >= 0"),
+    "data.val_fraction": (lambda v: 0 <= v <= 0.5, "a float in [0, 0.5]"),
     "binary_opt.lr": (lambda v: v > 0, "a float > 0"),
     "binary_opt.momentum": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
     "binary_opt.weight_decay": (lambda v: v >= 0, "a float >= 0"),
@@ -129,7 +146,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "real_opt.lr": (lambda v: v > 0, "a float > 0"),
     "real_opt.momentum": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
     "real_opt.weight_decay": (lambda v: v >= 0, "a float >= 0"),
-    "init.scale": (lambda v: v >= 0, "a float >= 0"),
+    "init.scale": (lambda v: v > 0, "a float > 0 (a zero init makes every binary weight +1: a symmetric net)"),
     "schedule.step_epochs": (lambda v: v >= 1, "an int >= 1"),
     "schedule.step_factor": (lambda v: 0 < v <= 1, "a float in (0, 1]"),
     "epochs": (lambda v: v >= 1, "an int >= 1"),
@@ -373,6 +390,11 @@ def resolve(config: TrainConfig) -> TrainConfig:
             opt = replace(opt, gamma=1.0)
     elif opt.name == "bop" and opt.gamma is None:
         opt = replace(opt, gamma=1e-4)
+    if opt.state_init != "zero" and opt.name != "filter":
+        raise ConfigError(
+            f"binary_opt.state_init: {opt.state_init!r} applies to the filter only; binary_opt.name is {opt.name!r} "
+            "(leave state_init at 'zero')"
+        )
     resolved = replace(config, binary_opt=opt)
     _check_ranges(resolved)
     return resolved

@@ -35,7 +35,7 @@ CHECKPOINT_FILE = "state.pt"
 
 # The per-epoch metrics every run reports, besides one "flips.<layer>" per binary layer.
 METRIC_NAMES = (
-    "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "flip_ratio", "sign_agreement_init",
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "flip_ratio", "sign_agreement_init",
     "init_forget_step", "lr", "alpha", "real_lr", "epoch_s", "steps", "sign_hash",
 )  # fmt: skip
 
@@ -57,15 +57,30 @@ def sign_hash(weights: list[torch.Tensor]) -> float:
 
 
 def filter_alpha(config: TrainConfig, lr: float) -> float:
-    """alpha_t in the gradient-filter view of this epoch's binary-weight update; NaN where no exact mapping."""
+    """alpha_t in the gradient-filter view of this epoch's binary-weight update; NaN where there is no exact one.
+
+    Latent SGD whose (lr_t, weight_decay, momentum) has no real poles (e.g. lr 1, weight decay 1e-2, momentum 0.9)
+    has no filter reading: NaN, and the run trains on.
+    """
     opt = config.binary_opt
     if opt.name == "filter":
         return lr
-    if opt.name == "sgd" and opt.weight_decay > 0:
-        return latent_to_filter(lr, opt.weight_decay, opt.momentum)[0]
+    if opt.name == "sgd" and opt.weight_decay > 0 and lr > 0:
+        try:
+            return latent_to_filter(lr, opt.weight_decay, opt.momentum)[0]
+        except ValueError:
+            return math.nan
     if opt.name == "bop" and opt.threshold == 0:
         return lr  # Bop with threshold 0 is the filter with gamma = 1 and alpha = Bop's gamma
     return math.nan
+
+
+def initial_filter_state(config: TrainConfig, binary: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """binary_opt.state_init "latent": (m0, x0) = -(alpha*gamma/lr) w0 per weight, the state latent SGD at
+    (lr, weight_decay = alpha*gamma/lr, momentum) is in after init w0 with a zero velocity (bnn.mapping)."""
+    opt = config.binary_opt
+    decay = opt.alpha * opt.gamma / opt.lr  # type: ignore[operator]  # resolved: alpha and gamma are set
+    return [(w.detach() * -decay, w.detach() * -decay) for w in binary]
 
 
 class Run:
@@ -88,7 +103,8 @@ class Run:
             binary, config.init.distribution, config.init.scale, torch.Generator().manual_seed(config.seed)
         )
         self.binary_weights = binary
-        self.binary_opt = build_binary_optimizer(config.binary_opt, binary)
+        state = initial_filter_state(config, binary) if config.binary_opt.state_init == "latent" else None
+        self.binary_opt = build_binary_optimizer(config.binary_opt, binary, initial_state=state)
         self.real_opt = build_real_optimizer(config.real_opt, real) if real else None
         schedule = multiplier(config.schedule, config.epochs)
         self.schedulers = [
@@ -159,17 +175,21 @@ class Run:
         return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
 
     @torch.no_grad()
-    def evaluate(self) -> Metrics:
+    def evaluate(self, split: str) -> Metrics:
+        """``{split}_loss`` and ``{split}_acc`` on the test set or the validation split (NaN when it is empty)."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
-        for x, y in self.data.test_batches(self.config.eval_batch_size):
+        batches = self.data.test_batches if split == "test" else self.data.val_batches
+        for x, y in batches(self.config.eval_batch_size):
             logits = self.model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-        return {"test_loss": loss_sum.item() / seen, "test_acc": correct.item() / seen}
+        if seen == 0:
+            return {f"{split}_loss": math.nan, f"{split}_acc": math.nan}
+        return {f"{split}_loss": loss_sum.item() / seen, f"{split}_acc": correct.item() / seen}
 
     def run_epoch(self) -> Metrics:
         start = time.perf_counter()
@@ -177,7 +197,8 @@ class Run:
         real_lr = self.real_opt.param_groups[0]["lr"] if self.real_opt else math.nan
         metrics: Metrics = {"epoch": float(self.epoch + 1)}
         metrics.update(self.train_epoch())
-        metrics.update(self.evaluate())
+        metrics.update(self.evaluate("val"))
+        metrics.update(self.evaluate("test"))
         for scheduler in self.schedulers:
             scheduler.step()
         flips = self.flips.epoch_summary()

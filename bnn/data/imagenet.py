@@ -8,12 +8,13 @@ same whatever data.num_workers is and however often the run was resumed.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
-from bnn.data.base import Batch, Data, epoch_order, subset_indices
+from bnn.data.base import Batch, Data, epoch_order, split_indices
 from bnn.data.errors import DatasetError
 from bnn.data.seeds import AUGMENT, WORKERS, derived_seed, epoch_generator
 
@@ -89,12 +90,15 @@ class FolderData(Data):
                 f"imagenet: {root}/train and {root}/val must have the same class directories "
                 f"(only in train: {only_train}, only in val: {only_val})"
             )
-        subset = subset_indices(len(self.train_set), cfg.train_subset)
-        self.train_indices = subset if subset is not None else torch.arange(len(self.train_set))
+        self.train_indices, self.val_indices = split_indices(len(self.train_set), cfg.val_fraction, cfg.train_subset)
+        # The validation split is read from train/ with the evaluation transform (no augmentation).
+        self.val_set = copy.copy(self.train_set)
+        self.val_set.transform = transforms_for(train=False)
         self.num_classes = len(self.train_set.classes)
         self.input_shape = (3, CROP, CROP)
         self.n_train = len(self.train_indices)
         self.n_test = len(self.test_set)
+        self.n_val = len(self.val_indices)
         self.source = str(root)
 
     def _batches(self, dataset: Any, indices: list[int], batch_size: int, epoch: int) -> Iterator[Batch]:
@@ -118,6 +122,9 @@ class FolderData(Data):
 
     def test_batches(self, batch_size: int) -> Iterator[Batch]:
         yield from self._batches(self.test_set, list(range(self.n_test)), batch_size, 0)
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        yield from self._batches(self.val_set, self.val_indices.tolist(), batch_size, 0)
 
 
 def load_imagenet_data(cfg: DataConfig, device: torch.device, dtype: torch.dtype, seed: int) -> FolderData:
