@@ -15,6 +15,7 @@ import pandas as pd
 from analysis import plotting
 from analysis.frame import Experiment
 from analysis.report import Section, markdown_table, pct, pp
+from analysis.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Verdict
 
 KEY, NAME = "e9", "e9_tuning_cost"
 TITLE = "E9 · tuning cost of the latent spaces and of the filter space"
@@ -115,17 +116,14 @@ def tpe_curves(frame: pd.DataFrame) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def verdict(frame: pd.DataFrame, bootstrap: int = BOOTSTRAP) -> dict[str, object]:
-    """The e9 row of tables/verdicts.csv, by RULE."""
+def verdict(frame: pd.DataFrame, bootstrap: int = BOOTSTRAP) -> Verdict:
+    """The e9 row of tables/verdicts.csv, by RULE (one training seed per trial: n_seeds 1)."""
     pooled = pools(frame)
     sizes = {space: len(scores) for space, scores in pooled.items()}
-    row: dict[str, object] = {"experiment": KEY, "claim": CLAIM_TEXT, "verdict": "inconclusive",
-                              "statistic": "E[best of n*] filter - best latent", "value": math.nan,
-                              "noise": math.nan, "n_seeds": 1, "rule": RULE}
     if min(sizes.values()) < 2:
-        return row
+        return Verdict(KEY, CLAIM_TEXT, INCONCLUSIVE, f"too few finished random trials per space ({sizes})",
+                       math.nan, math.nan, 1, RULE)
     n = max(1, min(sizes.values()) // 4)
-    row["statistic"] = f"E[best val acc of {n} random trials]: filter - best latent space"
 
     def difference(samples: dict[str, np.ndarray]) -> float:
         latent = max(expected_max(samples[s], n) for s in SPACES if s != "filter")
@@ -136,9 +134,9 @@ def verdict(frame: pd.DataFrame, bootstrap: int = BOOTSTRAP) -> dict[str, object
     boot = [difference({s: rng.choice(v, len(v)) for s, v in pooled.items()}) for _ in range(bootstrap)]
     low, high = np.percentile(boot, [2.5, 97.5])
     noise = float(max(value - low, high - value))
-    row["value"], row["noise"] = float(value), noise
-    row["verdict"] = "supported" if value > noise else "not supported" if value < -noise else "inconclusive"
-    return row
+    outcome = SUPPORTED if value > noise else NOT_SUPPORTED if value < -noise else INCONCLUSIVE
+    statistic = f"E[best val acc of {n} random trials]: filter - best latent space"
+    return Verdict(KEY, CLAIM_TEXT, outcome, statistic, float(value), noise, 1, RULE)
 
 
 def reach_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -214,30 +212,14 @@ def _log_or_complement(values: np.ndarray, column: str) -> np.ndarray:
     return np.log10(np.clip(values, 1e-12, None))
 
 
-VERDICT_COLUMNS = ("experiment", "claim", "verdict", "statistic", "value", "noise", "n_seeds", "rule")
-
-
-def write_verdict(row: dict[str, object], tables_dir: Path) -> Path:
-    """Put ``row`` into tables/verdicts.csv, replacing an older row of the same experiment."""
-    path = tables_dir / "verdicts.csv"
-    tables_dir.mkdir(parents=True, exist_ok=True)
-    old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=list(VERDICT_COLUMNS))
-    old = old[old["experiment"] != row["experiment"]]
-    frame = pd.concat([old, pd.DataFrame([row])[list(VERDICT_COLUMNS)]], ignore_index=True)
-    frame.sort_values("experiment").to_csv(path, index=False, float_format="%.6g")
-    return path
-
-
 # --- the section -------------------------------------------------------------------------------------------
 def analyse(experiment: Experiment, out_dir: Path, tables_dir: Path) -> Section:
     section = Section(KEY, TITLE, CLAIM, notices=experiment.notices)
     frame = trials(experiment.runs)
     row = verdict(frame)
-    section.verdict = row  # type: ignore[attr-defined]  # the e9 row of tables/verdicts.csv
-    write_verdict(row, tables_dir)
+    section.verdicts.append(row)
     if frame.empty:
         section.findings.append(f"no finished search trials with a {SCORE}: nothing to draw")
-        section.findings.append(f"verdict: **{row['verdict']}** ({RULE})")
         return section
     table = reach_table(frame)
     tables_dir.mkdir(parents=True, exist_ok=True)
@@ -253,9 +235,7 @@ def analyse(experiment: Experiment, out_dir: Path, tables_dir: Path) -> Section:
     for record in r2.itertuples():
         section.findings.append(f"{record.space}: cross-validated R² from {record.features}: "
                                 f"{'n/a' if not math.isfinite(record.r2) else f'{record.r2:.2f}'} (n = {record.n})")
-    section.findings.append(
-        f"verdict: **{row['verdict']}**: {row['statistic']} = {pp(float(row['value']))} "
-        f"(noise ± {pp(float(row['noise']))}). Rule: {RULE}")
+    section.findings.append(f"{row.statistic}: {pp(row.value)} (95 % bootstrap half-width {pp(row.noise)})")
     shown = table.assign(best_val_acc=[pct(v) for v in table["best_val_acc"]],
                          trials_to_reach=[f"{v:.1f}" if math.isfinite(v) else "not reached"
                                           for v in table["trials_to_reach"]])
