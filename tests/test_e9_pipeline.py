@@ -40,6 +40,10 @@ def test_e9_grid_validates_and_pools_are_deterministic() -> None:
     assert names == {"latent_adam": "adam", "latent_sgd": "sgd", "filter": "filter"}
     for preset in ("cpu", "cifar10"):
         assert len(expand(grid, preset, check_paths=False)) > len(first)
+    cpu = [c.config for c in expand(grid, "cpu") if c.config.binary_opt.name == "filter"]
+    steps = [-(-c.data.train_subset // c.batch_size) * c.epochs for c in cpu]
+    alpha_t = [c.binary_opt.alpha * t for c, t in zip(cpu, steps)]
+    assert 0.9 <= min(alpha_t) and max(alpha_t) <= 110  # alpha x T within ~1..100: every sample can act
 
 
 GOOD = """\
