@@ -345,4 +345,4 @@ def _draw_r2(ax: object, r2: pd.DataFrame) -> None:
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlim(-1.05, 1.05)
     ax.set_xlabel("cross-validated R² of validation accuracy")
-    ax.set_title("(d) cross-validated R²: filter coords vs full config")
+    ax.set_title("(d) CV R²: 3 filter coords vs full config")
