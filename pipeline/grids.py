@@ -47,6 +47,7 @@ from bnn.config import (
     flatten_dict,
     from_flat,
     resolve,
+    step1_config,
 )
 from pipeline.cost import TRAIN_SIZES
 
@@ -345,7 +346,23 @@ def expand(
                             f"(config_hash {cell.hash}); remove one or make an axis tell them apart")
         seen[cell.hash] = label
         cells.append(cell)
-    return cells
+    return with_step1_cells(cells)
+
+
+def with_step1_cells(cells: list[Cell]) -> list[Cell]:
+    """Each stage-step2 cell preceded by its step-1 cell (the same config with stage step1), added when the grid
+    does not list it: two-step training is one grid cell to the user, two trials to the pipeline."""
+    present = {cell.hash for cell in cells}
+    out: list[Cell] = []
+    for cell in cells:
+        if cell.config.stage == "step2":
+            step1 = step1_config(cell.config)
+            digest = config_hash(step1)
+            if digest not in present:
+                present.add(digest)
+                out.append(Cell(cell.grid, cell.experiment, step1, digest, {**cell.label, "stage": "step1"}))
+        out.append(cell)
+    return out
 
 
 def make_cell(grid: Grid, flat: dict[str, Any], label: dict[str, Any], where: str, check_paths: bool = True,

@@ -104,7 +104,7 @@ def test_e9_smoke_ablate_collect_figures(tmp_path: Path) -> None:
 KILL_GRID = """\
 name: e9_killme
 experiment: e9
-base: {epochs: 3, binary_opt.name: filter}
+base: {epochs: 12, binary_opt.name: filter}  # long enough to be killed mid-search
 search:
   metric: val_acc
   spaces:
