@@ -132,7 +132,7 @@ def test_killed_e9_launch_rerun_runs_every_trial_exactly_once(tmp_path: Path) ->
     seen: list[str] = []
     deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline:  # the pool is done and a TPE trial has finished: kill mid-search
+        while time.monotonic() < deadline and driver.poll() is None:  # pool done, a TPE trial finished: kill
             try:
                 seen.append(lines.get(timeout=1))
             except queue.Empty:
