@@ -422,7 +422,8 @@ def _run_tune(
             "hash": digest,
             "grids": [cell.grid for cell in targets[digest]],
             "config": to_dict(cells[digest].config),
-            "resume": {"storage": summary.storage, "path": resumable[digest].path} if digest in resumable else None,
+            "resume": {"storage": summary.storage, "path": resumable[digest].path,
+                       "older": list(resumable[digest].older)} if digest in resumable else None,
         }
         for digest in order
     ]

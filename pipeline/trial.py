@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ HISTORY_FILE = "history.json"
 STATE_FILE = "state.pt"
 CELL_DIR_PREFIX = "cell-"
 FAULT_ENV = "WMHP_FAULT_ONCE"
+RESTORED_KEY = "wmhp_restored"  # first report of a trial: JSON history of the checkpoint it resumed from
+log = logging.getLogger(__name__)
 
 
 class InjectedFault(RuntimeError):
@@ -48,6 +51,7 @@ class Resumable:
     storage: str
     path: str  # on storage_filesystem(storage)
     history: list[dict[str, float]]
+    older: tuple[str, ...] = ()  # the cell's other complete checkpoints, most epochs first: fallbacks
 
     @property
     def epochs(self) -> int:
@@ -59,9 +63,9 @@ def find_resumable(storage: str, hashes: set[str]) -> dict[str, Resumable]:
     import pyarrow.fs
 
     fs, root = storage_filesystem(storage)
-    found: dict[str, Resumable] = {}
+    complete: dict[str, list[tuple[int, str, list[dict[str, float]]]]] = {}
     if not hashes:
-        return found
+        return {}
 
     def listing(path: str) -> list[Any]:
         try:
@@ -80,8 +84,13 @@ def find_resumable(storage: str, hashes: set[str]) -> dict[str, Resumable]:
                 if not checkpoint.base_name.startswith("checkpoint_"):
                     continue
                 history = _complete_history(fs, checkpoint.path)
-                if history and (digest not in found or len(history) > found[digest].epochs):
-                    found[digest] = Resumable(storage, checkpoint.path, history)
+                if history:
+                    complete.setdefault(digest, []).append((len(history), checkpoint.path, history))
+    found: dict[str, Resumable] = {}
+    for digest, candidates in complete.items():
+        candidates.sort(key=lambda c: -c[0])
+        _, path, history = candidates[0]
+        found[digest] = Resumable(storage, path, history, tuple(c[1] for c in candidates[1:]))
     return found
 
 
@@ -102,12 +111,54 @@ def _complete_history(fs: Any, path: str) -> list[dict[str, float]] | None:
     return history if epochs and epochs == list(range(1, len(epochs) + 1)) else None
 
 
-def copy_checkpoint(resumable: dict[str, str], destination: Path) -> None:
-    import pyarrow.fs
+def restore_checkpoint(cell: dict[str, Any], work: Path) -> None:
+    """Fill ``work`` with the newest checkpoint of this cell that loads safely, or leave it empty (a fresh start).
 
-    fs, _ = storage_filesystem(resumable["storage"])
-    pyarrow.fs.copy_files(resumable["path"], str(destination), source_filesystem=fs,
-                          destination_filesystem=pyarrow.fs.LocalFileSystem())
+    Tried in order: the checkpoint Tune hands a retried trial, then the earlier launches' checkpoints from
+    ``cell["resume"]`` (newest first). One that bnn.train cannot load with weights_only (truncated, garbage, or a
+    planted pickle) is named in a warning and renamed on storage to ``state.pt.corrupt-<time>``, so that no later
+    launch picks it again.
+    """
+    from ray import tune
+
+    from bnn.train import UnreadableCheckpoint, load_state
+
+    sources: list[tuple[Any, str]] = []  # (pyarrow filesystem, checkpoint directory on it)
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        sources.append((restored.filesystem, restored.path))
+    resume = cell.get("resume")
+    if resume:
+        fs, _ = storage_filesystem(resume["storage"])
+        sources += [(fs, path) for path in [resume["path"], *resume.get("older", [])]]
+    for fs, path in sources:
+        _empty(work)
+        try:
+            import pyarrow.fs
+
+            pyarrow.fs.copy_files(path, str(work), source_filesystem=fs,
+                                  destination_filesystem=pyarrow.fs.LocalFileSystem())
+            if (work / STATE_FILE).exists():
+                load_state(work / STATE_FILE)
+                return
+        except UnreadableCheckpoint as exc:
+            reason = str(exc).split(": ", 1)[-1]
+            aside = f"{path}/{STATE_FILE}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            try:
+                fs.move(f"{path}/{STATE_FILE}", aside)
+            except OSError:
+                aside = "(could not be moved aside)"
+            log.warning("warning: %s/%s: %s; moved to %s, trying an older checkpoint or a fresh start",
+                        path, STATE_FILE, reason, aside)
+        except OSError as exc:
+            log.warning("warning: checkpoint %s cannot be copied (%s); trying an older one or a fresh start",
+                        path, exc)
+    _empty(work)
+
+
+def _empty(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
 
 
 def fetch_file(storage: Any, directory: str, name: str, scratch: Path) -> Path | None:
@@ -179,17 +230,16 @@ def run_trial(config: dict[str, Any]) -> None:
     fault = parse_fault_spec(options.get("fault_once"))
     work = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-"))
     try:
-        restored = tune.get_checkpoint()
-        if restored is not None:
-            restored.to_directory(str(work))
-        elif cell.get("resume"):
-            copy_checkpoint(cell["resume"], work)
+        restore_checkpoint(cell, work)
         history = read_history(work)
+        restored = {RESTORED_KEY: json.dumps(history)}  # the driver backfills the run from what was loaded
 
         def report(metrics: dict[str, float]) -> None:
             history.append(metrics)
             write_history(work, history)
-            tune.report({"wmhp": metrics}, checkpoint=tune.Checkpoint.from_directory(str(work)))
+            result = {"wmhp": metrics, **restored}
+            restored.clear()
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
             maybe_fault(fault, cell["hash"], int(metrics["epoch"]))
 
         train(train_config, report=report, checkpoint_dir=work)
