@@ -46,6 +46,8 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--metrics-out", type=Path, help="write every epoch's metrics here as JSON lines")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        return _fail(f"--stop-after: expected an int >= 1 (epochs to train before stopping), got {args.stop_after}")
     try:
         overrides = dict(parse_override(text) for text in args.overrides)
         config = load_yaml(args.config, overrides) if args.config else from_flat(overrides, TrainConfig())

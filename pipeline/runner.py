@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import socket
 import sys
@@ -24,7 +25,7 @@ from typing import Any, TextIO
 from bnn.config import to_dict
 from pipeline.cost import format_duration, trial_seconds
 from pipeline.grids import Cell, Grid, GridError, load_cells
-from pipeline.tracking import Tracker, create_sqlite_store, default_tracking_uri, sqlite_path
+from pipeline.tracking import Tracker, create_sqlite_store, default_tracking_uri, sqlite_path, unusable_sqlite_store
 from pipeline.writer import TrackingWriter
 from pipeline.trial import FAULT_ENV, CELL_DIR_PREFIX, Resumable, find_resumable, parse_fault_spec
 
@@ -114,9 +115,16 @@ def run_grids(
     if not dry_run:
         _check_address(address)
     results_dir = Path(results_dir).resolve()
+    if results_dir.exists() and not results_dir.is_dir():
+        raise GridError(f"--results-dir {results_dir}: is a file, not a directory; give a directory")
     uri = tracking_uri or default_tracking_uri(results_dir)
     storage = storage or str(results_dir / "ray")
     summary = RunSummary(preset, results_dir, uri, storage, dry_run)
+    _probe_server(uri)
+    db = sqlite_path(uri)
+    problem = unusable_sqlite_store(db) if db is not None else None
+    if problem:
+        raise LaunchError(f"--tracking-uri {uri}: {problem}; move the file aside or give another --results-dir")
     gpu = gpus_per_trial > 0
     if dry_run:
         _dry_run(loaded, summary, gpu, max_concurrent, cpus_per_trial, num_cpus, address, out)
@@ -126,8 +134,14 @@ def run_grids(
     for key, value in _RAY_ENV.items():
         os.environ.setdefault(key, value)
     summary.timings["validate_s"] = time.perf_counter() - started
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with _launch_lock(results_dir):
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        lock = _launch_lock(results_dir)
+        lock.__enter__()
+    except OSError as exc:
+        raise LaunchError(f"--results-dir {results_dir}: cannot write there ({exc.strerror or exc}); "
+                          "give a writable directory") from None
+    with lock:
         db = sqlite_path(uri)
         if db is not None and not db.exists():
             # A first launch: nothing can be finished in a store that does not exist yet. The writer thread
@@ -195,8 +209,10 @@ def _connected(step: Any, summary: RunSummary) -> Any:
     except OSError as exc:  # a tracking server or the storage cannot be reached
         raise LaunchError(f"tracking {summary.tracking_uri} / storage {summary.storage}: {exc}") from None
     except Exception as exc:
-        if type(exc).__module__.startswith("mlflow"):
-            raise LaunchError(f"--tracking-uri {summary.tracking_uri}: {exc}") from None
+        if type(exc).__module__.startswith(("mlflow", "sqlalchemy")):  # sqlalchemy: a garbage sqlite file
+            text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise LaunchError(f"--tracking-uri {summary.tracking_uri}: not a usable MLflow store ({text}); "
+                              "move the file aside or give another --results-dir / --tracking-uri") from None
         raise
 
 
@@ -249,10 +265,10 @@ def _check_options(
     gpus_per_trial: float, cpus_per_trial: float, max_concurrent: int | None, max_failures: int,
     num_cpus: int | None,
 ) -> None:
-    if not gpus_per_trial >= 0:
-        raise GridError(f"--gpus-per-trial: expected a number >= 0 (fractions share a GPU), got {gpus_per_trial}")
-    if not cpus_per_trial > 0:
-        raise GridError(f"--cpus-per-trial: expected a number > 0, got {cpus_per_trial}")
+    if not (gpus_per_trial >= 0 and math.isfinite(gpus_per_trial)):
+        raise GridError(f"--gpus-per-trial: expected a finite number >= 0 (fractions share a GPU), got {gpus_per_trial}")
+    if not (cpus_per_trial > 0 and math.isfinite(cpus_per_trial)):
+        raise GridError(f"--cpus-per-trial: expected a finite number > 0, got {cpus_per_trial}")
     if max_concurrent is not None and max_concurrent < 1:
         raise GridError(f"--max-concurrent: expected an int >= 1, got {max_concurrent}")
     if max_failures < 0:
@@ -275,6 +291,24 @@ def _check_address(address: str | None) -> None:
                           "with `ray start --head`, or use --address auto on the head node") from None
 
 
+def _probe_server(uri: str, timeout_s: float = 5.0) -> None:
+    """An unreachable tracking server makes MLflow's client retry for minutes: one health probe says it at once."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            response.read()
+    except urllib.error.HTTPError:
+        return  # something answers: MLflow's own calls report what is wrong with it
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise LaunchError(f"--tracking-uri {uri}: no MLflow server answers there ({reason}); start one "
+                          "(`mlflow server ...`) or fix the URI") from None
+
+
 class _launch_lock:
     """One driver per results dir: a second launch would mark the first one's live runs KILLED."""
 
@@ -283,6 +317,8 @@ class _launch_lock:
         self.handle: Any = None
 
     def __enter__(self) -> None:
+        if self.handle is not None:  # entered already (run_grids enters it early to report write errors)
+            return
         self.handle = self.path.open("a+")
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -325,8 +361,9 @@ def _dry_run(
     """Count cells done per grid from the tracking store, without writing anything (no db is created)."""
     db = sqlite_path(summary.tracking_uri)
     finished: dict[str, list[Any]] = {}
-    if db is None or db.exists():
-        finished = Tracker(summary.tracking_uri, summary.results_dir).finished_by_hash()
+    if db is None or (db.exists() and db.stat().st_size > 0):  # MLflow would write a schema into an empty file
+        finished = _connected(lambda: Tracker(summary.tracking_uri, summary.results_dir).finished_by_hash(),
+                              summary)
     pending = {c.hash for _, cells in loaded for c in cells if c.hash not in finished}
     resumable = find_resumable(summary.storage, pending)
     counted: set[str] = set()

@@ -75,6 +75,196 @@ def test_corrupt_checkpoint_is_set_aside_and_training_starts_fresh(tmp_path: Pat
     assert len(rows) == 2  # resumed at its last epoch: nothing more to train
 
 
+
+# --- bad input and environment faults: exit 2 / 1, one line naming the file or option, nothing created ---------
+GOOD_HEAD = "name: broken\nexperiment: e0\n"
+RUNNABLE = "{smoke: {base: {binary_opt.alpha: 1.0e-3}}}"
+
+# Broken grid files (wmhp ablate GRID --preset smoke): body -> what the message must name.
+BROKEN_GRIDS = {
+    "unknown top-level key": ("axis: {seed: [0]}\npresets: {smoke: {}}", "axis"),
+    "unknown field in base": ("base: {binary_opt.lrr: 0.1}\npresets: {smoke: {}}", "binary_opt.lrr"),
+    "unknown nested field": ("base: {binary_opt: {lrr: 0.1}}\npresets: {smoke: {}}", "binary_opt.lrr"),
+    "wrong type": ("base: {epochs: ten}\npresets: {smoke: {}}", "epochs"),
+    "empty axis": ("axes: {binary_opt.lr: []}\npresets: {smoke: {}}", "binary_opt.lr"),
+    "axis not a list": ("axes: {seed: 3}\npresets: {smoke: {}}", "seed"),
+    "out of range": ("axes: {binary_opt.momentum: [0.5, 1.5]}\npresets: {smoke: {}}", "binary_opt.momentum"),
+    "out of range in base": ("base: {batch_size: 0}\npresets: {smoke: {}}", "batch_size"),
+    "bad literal": ("axes: {schedule.name: [linear, exponential]}\npresets: {smoke: {}}", "schedule.name"),
+    "missing dataset dir": ("base: {data.root: /nonexistent/wmhp-data}\npresets: {smoke: {}}", "data.root"),
+    "missing teacher file": ("base: {model.teacher_path: /nonexistent/t.pth}\npresets: {smoke: {}}",
+                             "model.teacher_path"),
+    "subset larger than dataset": ("base: {data.train_subset: 5000}\npresets: {smoke: {}}", "data.train_subset"),
+    "zipped axis of scalars": ("axes: {optimizr: [sgd, filter]}\npresets: {smoke: {}}", "optimizr"),
+    "section as axis": ("axes: {binary_opt: [{lr: 0.1}]}\npresets: {smoke: {}}", "binary_opt"),
+    "bad field in zipped axis": ("axes: {v: [{binary_opt.nme: sgd}]}\npresets: {smoke: {}}", "binary_opt.nme"),
+    "two axes set one field": ("axes: {seed: [0, 1], v: [{seed: 2}]}\npresets: {smoke: {}}", "seed"),
+    "duplicate cells": ("axes: {seed: [0, 0]}\npresets: {smoke: {}}", "same config"),
+    "gamma without alpha": ("base: {binary_opt: {name: filter, weight_decay: 0.0}}\n"
+                            "presets: {smoke: {base: {binary_opt.alpha: null, binary_opt.gamma: 0.5}}}",
+                            "binary_opt.gamma"),
+    "unset environment variable": ("base: {data.root: '${WMHP_TEST_UNSET_VARIABLE}'}\npresets: {smoke: {}}",
+                                   "WMHP_TEST_UNSET_VARIABLE"),
+    "preset not defined": ("presets: {cpu: {}}", "smoke"),
+    "no presets": ("axes: {seed: [0]}", "presets"),
+    "unknown preset key": ("presets: {smoke: {bases: {}}}", "bases"),
+    "null removes a missing axis": ("presets: {smoke: {axes: {seed: null}}}", "seed"),
+    "not YAML": ("presets: {smoke: [}", "YAML"),
+    "huge value is not echoed": ("base: {epochs: '" + "9" * 100_000 + "'}\npresets: {smoke: {}}", "epochs"),
+}
+
+# Bad options on a good grid: extra argv -> what the message must name.
+BAD_OPTIONS = {
+    "--set on an axis": (["--set", "seed=4"], "axes: {seed: [0, 1]}\npresets: {smoke: {}}", "--set seed"),
+    "--set unknown key": (["--set", "binary_opt.nope=1"], "presets: {smoke: {}}", "binary_opt.nope"),
+    "--set bad value": (["--set", "epochs=-1"], "presets: {smoke: {}}", "epochs"),
+    "--set seed too large": (["--set", f"seed={10**20}"], "presets: {smoke: {}}", "seed"),
+    "--gpus-per-trial": (["--gpus-per-trial", "-1"], "presets: {smoke: {}}", "--gpus-per-trial"),
+    "--cpus-per-trial inf": (["--cpus-per-trial", "inf"], "presets: {smoke: {}}", "--cpus-per-trial"),
+    "--cpus-per-trial nan": (["--cpus-per-trial", "nan"], "presets: {smoke: {}}", "--cpus-per-trial"),
+    "--max-concurrent": (["--max-concurrent", "0"], "presets: {smoke: {}}", "--max-concurrent"),
+    "--preset missing": (["--preset", "imagenet"], "presets: {smoke: {}}", "imagenet"),
+    "--address malformed": (["--address", "headnode"], "presets: {smoke: {}}", "--address headnode"),
+}
+
+
+def _grid(tmp: Path, body: str) -> Path:
+    path = tmp / "g.yaml"
+    path.write_text(GOOD_HEAD + body.replace("{smoke: {}}", RUNNABLE))
+    return path
+
+
+def _fashion_root(tmp: Path, damage: str) -> Path:
+    import numpy as np
+
+    from bnn.data import fashion_mnist as fm
+    from bnn.data.idx import write_idx
+
+    root = tmp / "fashion"
+    root.mkdir()
+    for key, stem in fm.FILES.items():
+        shape = (10, 28, 28) if key.endswith("images") else (10,)
+        write_idx(root / f"{stem}.gz", np.zeros(shape, dtype=np.uint8))
+    test_labels = root / f"{fm.FILES['test_labels']}.gz"
+    if damage == "missing":
+        test_labels.unlink()
+    else:  # a flipped byte inside the deflate stream: zlib.error, not a gzip header problem
+        data = bytearray(test_labels.read_bytes())
+        data[12] ^= 0xFF
+        test_labels.write_bytes(bytes(data))
+    return root
+
+
+def _sqlite_file(tmp: Path, content: bytes) -> Path:
+    results = tmp / "results"
+    results.mkdir()
+    (results / "mlflow.db").write_bytes(content)
+    return results
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+GARBAGE_DB = b"this is not an sqlite database, " * 64
+TINY_TRAIN = ["--set", "model.hidden=[8, 8]", "--set", "epochs=1"]
+
+
+def _case_table() -> dict[str, tuple]:
+    """name -> (setup(tmp) -> argv, exit code, texts the one stderr line must contain). Paths are under tmp."""
+    cases: dict[str, tuple] = {}
+    for name, (body, key) in BROKEN_GRIDS.items():
+        cases[f"grid: {name}"] = (
+            lambda t, body=body: ["ablate", str(_grid(t, body)), "--preset", "smoke", "--results-dir", str(t / "r")],
+            2, [key, "g.yaml"])
+    for name, (extra, body, key) in BAD_OPTIONS.items():
+        cases[f"option: {name}"] = (
+            lambda t, extra=extra, body=body: ["ablate", str(_grid(t, body)), "--results-dir", str(t / "r"), *extra]
+            + ([] if "--preset" in extra else ["--preset", "smoke"]), 2, [key])
+    cases.update({
+        "train: binary YAML": (
+            lambda t: ["train", str(_write(t / "c.yaml", b"\xff\xfe\x00\x01binary"))], 2, ["c.yaml", "UTF-8"]),
+        "train: 100 kB YAML list": (
+            lambda t: ["train", str(_write(t / "c.yaml", b"[" + b"1, " * 30_000 + b"1]"))], 2, ["c.yaml"]),
+        "train: --set seed too large": (lambda t: ["train", "--set", f"seed={10**20}"], 2, ["seed"]),
+        "train: --stop-after 0": (lambda t: ["train", "--stop-after", "0", *TINY_TRAIN], 2, ["--stop-after"]),
+        "train: --stop-after -1": (lambda t: ["train", "--stop-after", "-1", *TINY_TRAIN], 2, ["--stop-after"]),
+        "train: data.root lacks a file": (
+            lambda t: ["train", *TINY_TRAIN, "--set", "data.name=fashion-mnist",
+                       "--set", f"data.root={_fashion_root(t, 'missing')}"], 2, ["data.root", "t10k-labels"]),
+        "train: corrupt deflate stream": (
+            lambda t: ["train", *TINY_TRAIN, "--set", "data.name=fashion-mnist",
+                       "--set", f"data.root={_fashion_root(t, 'corrupt')}"], 2, ["t10k-labels-idx1-ubyte.gz"]),
+        "collect: empty mlflow.db": (
+            lambda t: ["collect", "--results-dir", str(_sqlite_file(t, b""))], 2, ["mlflow.db", "not an MLflow"]),
+        "collect: garbage mlflow.db": (
+            lambda t: ["collect", "--results-dir", str(_sqlite_file(t, GARBAGE_DB))], 2, ["mlflow.db"]),
+        "ablate --dry-run: garbage mlflow.db": (
+            lambda t: ["ablate", "e2", "--preset", "smoke", "--dry-run",
+                       "--results-dir", str(_sqlite_file(t, GARBAGE_DB))], 1, ["mlflow.db", "not a readable SQLite"]),
+        "ablate: garbage mlflow.db": (
+            lambda t: ["ablate", str(_grid(t, "presets: {smoke: {}}")), "--preset", "smoke",
+                       "--results-dir", str(_sqlite_file(t, GARBAGE_DB))], 1, ["mlflow.db", "not a readable SQLite"]),
+        "ablate: --results-dir is a file": (
+            lambda t: ["ablate", "e2", "--preset", "smoke", "--results-dir", str(_write(t / "file", b"x"))],
+            2, ["--results-dir", "is a file"]),
+        "ablate: --results-dir cannot be made": (
+            lambda t: ["ablate", str(_grid(t, "presets: {smoke: {}}")), "--preset", "smoke",
+                       "--results-dir", str(_write(t / "file", b"x") / "sub")], 1, ["--results-dir", "cannot write"]),
+        "ablate: unreachable tracking server": (
+            lambda t: ["ablate", str(_grid(t, "presets: {smoke: {}}")), "--preset", "smoke",
+                       "--results-dir", str(t / "r"), "--tracking-uri", f"http://127.0.0.1:{_closed_port()}"],
+            1, ["--tracking-uri", "no MLflow server"]),
+        "ablate: a text file as grid": (
+            lambda t: ["ablate", str(_write(t / "passwd", b"root:x:0:0:" * 5000)), "--preset", "smoke",
+                       "--results-dir", str(t / "r")], 2, ["passwd"]),
+    })
+    return cases
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _snapshot(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")}
+
+
+CASES = _case_table()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_and_faults_end_in_one_line(tmp_path: Path, capsys, case: str) -> None:
+    from wmhp.cli import main
+
+    setup, code, texts = CASES[case]
+    argv = setup(tmp_path)
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err[:2000]
+    assert "Traceback" not in err and len(err) < 1200, err[:2000]
+    for text in texts:
+        assert text in err, err
+    assert _snapshot(tmp_path) == before, "the command created or changed files"
+
+
+def test_bare_train_trains_the_default_model(capsys) -> None:
+    from bnn.cli import train_main
+
+    assert train_main(["--stop-after", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp on digits, binary optimizer filter" in out
+    assert float(out.strip().splitlines()[-1].split()[4]) > 0.5  # test accuracy after one epoch
+
+
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
