@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from bnn.config import to_dict
 from pipeline.cost import format_duration, trial_seconds
 from pipeline.grids import Cell, Grid, GridError, load_cells
+from pipeline.lease import LaunchLease, LeaseHeld
 from pipeline.tracking import Tracker, create_sqlite_store, default_tracking_uri, sqlite_path, unusable_sqlite_store
 from pipeline.writer import TrackingWriter
 from pipeline.trial import FAULT_ENV, CELL_DIR_PREFIX, Resumable, find_resumable, parse_fault_spec
@@ -141,7 +142,12 @@ def run_grids(
     except OSError as exc:
         raise LaunchError(f"--results-dir {results_dir}: cannot write there ({exc.strerror or exc}); "
                           "give a writable directory") from None
-    with lock:
+    try:
+        lease = _take_lease(uri, summary)
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+    with lock, lease:
         db = sqlite_path(uri)
         if db is not None and not db.exists():
             # A first launch: nothing can be finished in a store that does not exist yet. The writer thread
@@ -289,6 +295,16 @@ def _check_address(address: str | None) -> None:
     except OSError as exc:
         raise LaunchError(f"--address {address}: no Ray head answers there ({exc.strerror or exc}); start one "
                           "with `ray start --head`, or use --address auto on the head node") from None
+
+
+def _take_lease(uri: str, summary: RunSummary) -> LaunchLease:
+    """The store's launch lease, held: a second live launch on the store would mark this one's runs KILLED."""
+    lease = LaunchLease(uri)
+    try:
+        _connected(lease.__enter__, summary)
+    except LeaseHeld as exc:
+        raise LaunchError(str(exc)) from None
+    return lease
 
 
 def _probe_server(uri: str, timeout_s: float = 5.0) -> None:

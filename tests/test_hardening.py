@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -319,3 +320,100 @@ def test_pipeline_skips_planted_and_corrupt_checkpoints(tmp_path: Path) -> None:
         assert [step for step, _ in history] == [1, 2, 3]
         # the planted history's numbers are not in the run: it holds what the state it ends with went through
         assert history[0][1] == first_epoch[run.data.tags["wmhp.config_hash"]]
+
+
+# --- one writer per tracking store ----------------------------------------------------------------------------
+def _second_launch(tmp_path: Path, uri: str, capsys) -> str:
+    """A launch on ``uri`` with its own results dir (the cluster set-up): returns its one error line."""
+    from pipeline.cli import ablate_main
+
+    grid = _grid(tmp_path, "presets: {smoke: {}}")
+    capsys.readouterr()
+    assert ablate_main([str(grid), "--preset", "smoke", "--results-dir", str(tmp_path / "second"),
+                        "--tracking-uri", uri]) == 1
+    return capsys.readouterr().err.strip()
+
+
+def _live_grid_run(uri: str) -> tuple[object, str]:
+    """A RUNNING run of the first launch, which a second launch must not mark KILLED."""
+    client = mlflow.MlflowClient(uri)
+    return client, client.create_run(client.create_experiment("wmhp/first")).info.run_id
+
+
+def _assert_names_the_first(err: str) -> None:
+    import os
+    import socket
+
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert f"host {socket.gethostname()}" in err and f"pid {os.getpid()}" in err and "started 20" in err, err
+
+
+def test_second_launch_on_one_sqlite_store_refuses_and_kills_nothing(tmp_path: Path, capsys) -> None:
+    from pipeline.lease import LaunchLease
+
+    uri = f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}"
+    with LaunchLease(uri):  # the first launch, alive
+        client, run_id = _live_grid_run(uri)
+        _assert_names_the_first(_second_launch(tmp_path, uri, capsys))
+        assert client.get_run(run_id).info.status == "RUNNING"
+    # The holder gone (ended, or died: the kernel drops its flock), the lease is free, whatever the file says.
+    with LaunchLease(uri):
+        pass
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path: Path):
+    import os
+    import urllib.request
+
+    port = _closed_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+               f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts"),
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, "mlflow server did not start"
+                time.sleep(0.3)
+        yield uri
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_second_launch_on_one_server_refuses_and_a_stale_lease_is_taken_over(tmp_path: Path, capsys,
+                                                                             mlflow_server: str) -> None:
+    from pipeline.lease import LEASE_EXPERIMENT, LaunchLease
+
+    uri = mlflow_server
+    with LaunchLease(uri, heartbeat_s=0.5):  # the first launch, alive, on this host
+        client, run_id = _live_grid_run(uri)
+        _assert_names_the_first(_second_launch(tmp_path, uri, capsys))
+        assert client.get_run(run_id).info.status == "RUNNING"
+    eid = client.get_experiment_by_name(LEASE_EXPERIMENT).experiment_id
+    assert {r.info.status for r in client.search_runs([eid])} == {"FINISHED"}
+
+    # Leases of launches that died: another host whose heartbeat stopped long ago, and a dead pid on this host.
+    now = time.time()
+    import socket
+
+    dead = {"old heartbeat": ("node-7", "4242", now - 3600), "dead pid": (socket.gethostname(), "999999", now)}
+    stale = {name: client.create_run(eid, tags={"wmhp.host": host, "wmhp.pid": pid, "wmhp.start": repr(beat),
+                                                "wmhp.heartbeat": repr(beat)}).info.run_id
+             for name, (host, pid, beat) in dead.items()}
+    with LaunchLease(uri):
+        for run_id in stale.values():
+            assert client.get_run(run_id).info.status == "KILLED"
+    # A live lease on another host (fresh heartbeat) is respected.
+    client.create_run(eid, tags={"wmhp.host": "node-8", "wmhp.pid": "17", "wmhp.start": repr(now),
+                                 "wmhp.heartbeat": repr(time.time())})
+    with pytest.raises(Exception, match="host node-8, pid 17"):
+        LaunchLease(uri).__enter__()
