@@ -113,6 +113,10 @@ def run_grids(
     except ValueError as exc:
         raise GridError(str(exc)) from None
     loaded = load_cells(grids, preset, overrides)
+    local_cpus = num_cpus or os.cpu_count() or 1
+    if address is None and cpus_per_trial > local_cpus:  # Tune would wait for ever for a node that big
+        raise GridError(f"--cpus-per-trial {cpus_per_trial:g}: local Ray has {local_cpus} CPUs; ask for at most "
+                        f"{local_cpus}, or run on a cluster (--address)")
     if not dry_run:
         _check_address(address)
     results_dir = Path(results_dir).resolve()
@@ -482,6 +486,7 @@ def _run_tune(
     ]
     logger = MlflowLogger(writer, summary.preset, targets, plan.experiment_ids,
                           {d: r.history for d, r in resumable.items()})
+    _check_fits(ray.nodes(), cpus_per_trial, gpus_per_trial)
     resources = ray.cluster_resources()
     slots = _concurrency(max_concurrent, cpus_per_trial, gpus_per_trial, resources.get("CPU", 1.0),
                          resources.get("GPU", 0.0))
@@ -521,6 +526,16 @@ def _run_tune(
                     stats.finished += 1
                 else:
                     stats.failed += 1
+
+
+def _check_fits(nodes: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """A trial must fit on one node, or Tune waits for ever: refuse up front, naming what the nodes have."""
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
+    if any(r.get("CPU", 0) >= cpus_per_trial and r.get("GPU", 0) >= gpus_per_trial for r in alive):
+        return
+    have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in alive) or "no live nodes"
+    raise LaunchError(f"--cpus-per-trial {cpus_per_trial:g} --gpus-per-trial {gpus_per_trial:g}: no Ray node can "
+                      f"hold one trial (nodes: {have}); ask for less, or add bigger nodes")
 
 
 def _print_header(summary: RunSummary, killed: int, unique: int, out: TextIO) -> None:

@@ -123,6 +123,7 @@ BAD_OPTIONS = {
     "--gpus-per-trial": (["--gpus-per-trial", "-1"], "presets: {smoke: {}}", "--gpus-per-trial"),
     "--cpus-per-trial inf": (["--cpus-per-trial", "inf"], "presets: {smoke: {}}", "--cpus-per-trial"),
     "--cpus-per-trial nan": (["--cpus-per-trial", "nan"], "presets: {smoke: {}}", "--cpus-per-trial"),
+    "--cpus-per-trial above local CPUs": (["--cpus-per-trial", "4096"], "presets: {smoke: {}}", "--cpus-per-trial"),
     "--max-concurrent": (["--max-concurrent", "0"], "presets: {smoke: {}}", "--max-concurrent"),
     "--preset missing": (["--preset", "imagenet"], "presets: {smoke: {}}", "imagenet"),
     "--address malformed": (["--address", "headnode"], "presets: {smoke: {}}", "--address headnode"),
