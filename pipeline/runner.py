@@ -28,7 +28,7 @@ from pipeline.grids import Cell, Grid, GridError, load_cells
 from pipeline.lease import LaunchLease, LeaseHeld
 from pipeline.tracking import Tracker, create_sqlite_store, default_tracking_uri, sqlite_path, unusable_sqlite_store
 from pipeline.writer import TrackingWriter
-from pipeline.trial import FAULT_ENV, CELL_DIR_PREFIX, Resumable, find_resumable, parse_fault_spec
+from pipeline.trial import FAULT_ENV, FAULT_KILL_ENV, CELL_DIR_PREFIX, Resumable, find_resumable, parse_fault_spec
 
 # Ray/Tune behaviour the pipeline relies on; set before Ray is imported (stack.md).
 _RAY_ENV = {
@@ -495,7 +495,8 @@ def _run_tune(
         tune.with_resources(run_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
         param_space={
             "cell": tune.grid_search(payloads),
-            "options": {"threads": max(1, int(cpus_per_trial)), "fault_once": fault},
+            "options": {"threads": max(1, int(cpus_per_trial)), "fault_once": fault,
+                        "fault_kill": os.environ.get(FAULT_KILL_ENV) == "1"},
         },
         tune_config=tune.TuneConfig(
             num_samples=1,

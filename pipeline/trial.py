@@ -7,7 +7,8 @@ trial restarts from ``tune.get_checkpoint()``; a cell whose driver was killed re
 the newest complete checkpoint any earlier launch left for its hash (``find_resumable``).
 
 Test-only fault hook: the driver reads ``WMHP_FAULT_ONCE=<marker dir>:<epoch>`` and every trial then raises once
-(per config hash, remembered by a marker file) right after reporting that epoch's checkpoint.
+(per config hash, remembered by a marker file) right after reporting that epoch's checkpoint; with
+``WMHP_FAULT_KILL=1`` its worker process SIGKILLs itself there instead.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ HISTORY_FILE = "history.json"
 STATE_FILE = "state.pt"
 CELL_DIR_PREFIX = "cell-"
 FAULT_ENV = "WMHP_FAULT_ONCE"
+FAULT_KILL_ENV = "WMHP_FAULT_KILL"
 RESTORED_KEY = "wmhp_restored"  # first report of a trial: JSON history of the checkpoint it resumed from
 log = logging.getLogger(__name__)
 
@@ -197,7 +200,7 @@ def parse_fault_spec(text: str | None) -> tuple[str, int] | None:
     return directory, int(epoch)
 
 
-def maybe_fault(spec: tuple[str, int] | None, digest: str, epoch: int) -> None:
+def maybe_fault(spec: tuple[str, int] | None, digest: str, epoch: int, kill: bool = False) -> None:
     if spec is None or epoch != spec[1]:
         return
     marker = Path(spec[0]) / f"{digest}.fault"
@@ -206,6 +209,8 @@ def maybe_fault(spec: tuple[str, int] | None, digest: str, epoch: int) -> None:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return
+    if kill:  # the worker process dies as on an OOM kill or a lost node, not with a Python exception
+        os.kill(os.getpid(), signal.SIGKILL)
     raise InjectedFault(f"{FAULT_ENV}: injected failure after epoch {epoch} of cell {digest}")
 
 
@@ -240,7 +245,7 @@ def run_trial(config: dict[str, Any]) -> None:
             result = {"wmhp": metrics, **restored}
             restored.clear()
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
-            maybe_fault(fault, cell["hash"], int(metrics["epoch"]))
+            maybe_fault(fault, cell["hash"], int(metrics["epoch"]), kill=bool(options.get("fault_kill")))
 
         train(train_config, report=report, checkpoint_dir=work)
     finally:

@@ -418,3 +418,14 @@ def test_second_launch_on_one_server_refuses_and_a_stale_lease_is_taken_over(tmp
                                  "wmhp.heartbeat": repr(time.time())})
     with pytest.raises(Exception, match="host node-8, pid 17"):
         LaunchLease(uri).__enter__()
+
+
+def test_a_trial_no_node_can_hold_is_refused_naming_the_nodes() -> None:
+    """The shape ray.nodes() returns; Tune would otherwise wait for ever for such a node."""
+    from pipeline.runner import LaunchError, _check_fits
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0}}]
+    _check_fits(nodes, 8, 1)
+    with pytest.raises(LaunchError, match=r"--cpus-per-trial 64 .*nodes: 2 CPU, 0 GPU; 8 CPU, 1 GPU\)"):
+        _check_fits(nodes, 64, 0)
