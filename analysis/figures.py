@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from analysis import report
+from analysis import report, verdicts
 from analysis.experiments import MODULES, TABLE_MODULES
 from analysis.frame import Experiment, load, select
 
@@ -23,7 +23,7 @@ class FiguresError(ValueError):
 
 
 def make_figures(results_dir: Path, preset: str | None = None, echo: Callable[[str], None] = print) -> list[Path]:
-    """Every figure (PNG + PDF), the E8 table (CSV + Markdown) and REPORT.md; returns the paths written.
+    """Every figure (PNG + PDF), the tables (E8, verdicts.csv) and REPORT.md; returns the paths written.
 
     Reads and checks both parquet files before writing anything. An experiment without finished runs is
     skipped with a one-line notice. Figures are drawn in parallel processes where the machine has cores to spare.
@@ -51,6 +51,7 @@ def make_figures(results_dir: Path, preset: str | None = None, echo: Callable[[s
     finally:
         _jobs.clear()
     written = [path for section in sections for path in section.figures]
+    written.append(verdicts.write(tables_dir / verdicts.VERDICTS_FILE, [v for s in sections for v in s.verdicts]))
     written.append(report.write(results_dir / REPORT_FILE, sections, skipped, results.runs))
     return written
 

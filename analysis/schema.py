@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from bnn.config import field_names, field_type
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 FLIPS_PREFIX = "flips."
 FINISHED = "FINISHED"
 
@@ -29,6 +29,8 @@ FINISHED = "FINISHED"
 EPOCH_METRICS: tuple[str, ...] = (
     "train_loss",
     "train_acc",
+    "val_loss",
+    "val_acc",
     "test_loss",
     "test_acc",
     "flip_ratio",
@@ -62,8 +64,10 @@ RUN_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
 
 SUMMARY_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     *((f"final_{name}", pa.float64()) for name in EPOCH_METRICS),
-    ("best_test_acc", pa.float64()),
-    ("best_epoch", pa.int64()),
+    ("best_val_acc", pa.float64()),  # selection is on the validation split (data.val_fraction), never on test
+    ("best_val_epoch", pa.int64()),
+    ("test_acc_at_best_val", pa.float64()),  # the test accuracy reported for the epoch selected on validation
+    ("best_test_acc", pa.float64()),  # max over epochs of test accuracy: reported only, optimistically biased
     ("train_s", pa.float64()),  # sum of epoch_s: time spent training, without start-up and evaluation gaps
 )
 

@@ -52,7 +52,7 @@ def grids(size: Size) -> dict[str, list[dict[str, Any]]]:
             "binary_opt.lr": lr,
             "binary_opt.weight_decay": wd,
             "binary_opt.momentum": mu,
-            "init.scale": 0.0,
+            "init.scale": 1e-2,
             "seed": s,
         }
         for lr, wd, mu in e1
@@ -279,6 +279,8 @@ def curves(config: TrainConfig, epochs_done: int) -> list[dict[str, float]]:
             "epoch": float(epoch),
             "train_loss": 2.3 * (1 - progress) + 0.3 + 0.01 * rng.standard_normal(),
             "train_acc": 0.1 + (final + 0.02 - 0.1) * progress,
+            "val_loss": 2.3 * (1 - progress) + 0.34 + 0.01 * rng.standard_normal(),
+            "val_acc": 0.1 + (final + 0.005 - 0.1) * progress + 0.003 * rng.standard_normal(),
             "test_loss": 2.3 * (1 - progress) + 0.35 + 0.01 * rng.standard_normal(),
             "test_acc": 0.1 + (final - 0.1) * progress + (0.002 * rng.standard_normal() if epoch < epochs_done else 0),
             "flip_ratio": max(flip, 0.0),

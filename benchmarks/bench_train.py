@@ -178,7 +178,8 @@ def time_cifar_loaders(
     labels = rng.integers(0, 10, n)
     on_device = TensorData(
         name="cifar10-synthetic", train=(torch.from_numpy(images), torch.from_numpy(labels)),
-        test=(torch.from_numpy(images[:1]), torch.from_numpy(labels[:1])), num_classes=10,
+        test=(torch.from_numpy(images[:1]), torch.from_numpy(labels[:1])),
+        val=(torch.from_numpy(images[:1]), torch.from_numpy(labels[:1])), num_classes=10,
         mean=[m * 255 for m in MEAN], std=[s * 255 for s in STD], device=device, dtype=torch.float32, seed=0,
         source="synthetic", augment=augment_crop_flip,
     )  # fmt: skip

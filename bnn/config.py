@@ -43,9 +43,14 @@ def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
 @dataclass(frozen=True)
 class ModelConfig:
     name: Literal["mlp", "resnet20", "reactnet_a"] = "mlp"
-    hidden: tuple[int, ...] = (512, 512, 512)  # mlp only: real in->h[0], binary h[i]->h[i+1], real h[-1]->out
-    # Identity keeps dL/dw = dL/db, which the latent<->filter equivalence needs; "clipped" is larq's ste_sign.
-    weight_ste: Literal["identity", "clipped"] = "identity"
+    hidden: tuple[int, ...] = (512, 512, 512)  # mlp only: in->h[0], binary h[i]->h[i+1], real h[-1]->out
+    # mlp only. "binary" (BinaryNet style: real pixels x binary weights) makes the binary weights carry the
+    # accuracy: frozen at init they score far below trained (paper.md section 6); "real" keeps in->h[0] real.
+    first_layer: Literal["binary", "real"] = "binary"
+    # Identity keeps dL/dw = dL/db, which the latent<->filter equivalence needs; "clipped" is larq's ste_sign;
+    # "reactnet" is the official code's step-2 HardBinaryConv: mean|w| scaling built in (detached), clamp estimator
+    # with the gradient not multiplied by the scale (bnn/layers.py). Binary weights (bop, filter) ignore it.
+    weight_ste: Literal["identity", "clipped", "reactnet"] = "identity"
     activation_ste: Literal["bireal", "clipped"] = "bireal"
     scaling: bool = False  # per-output-channel mean|w| scaling (latent weights only)
     teacher_path: str | None = None  # reactnet_a: torchvision ResNet-34 state_dict for distillation
@@ -58,6 +63,9 @@ class DataConfig:
     download: bool = False  # allow a torchvision download when the files are not found locally
     augment: bool = True  # cifar10 / imagenet training augmentation
     train_subset: int | None = None  # use only the first N training examples (fixed by the split seed)
+    # Held out from the training set (before train_subset) for every selection: best epoch, best cell, searched
+    # setting. The test set is reported, never selected on. 0 = no validation split (val metrics are NaN).
+    val_fraction: float = 0.1
     num_workers: int = 2  # imagenet DataLoader workers
 
 
@@ -69,12 +77,14 @@ class BinaryOptConfig:
     """Optimizer of the binary weights. Which fields apply depends on ``name``:
 
     sgd: lr, momentum, weight_decay (L2). adam: lr, beta1, beta2, eps, weight_decay, decay_mode.
-    bop: gamma (Bop's adaptivity rate), threshold. filter: alpha, gamma; alpha None maps lr, weight_decay and
-    momentum exactly to (alpha, gamma) through bnn.mapping, or, with weight_decay 0 and gamma None (the schema
-    defaults: nothing to map from), takes DEFAULT_FILTER, so that a bare ``wmhp train`` trains a sensible model.
+    bop: gamma (Bop's adaptivity rate), threshold. filter: alpha, gamma, state_init; alpha None maps lr,
+    weight_decay and momentum exactly to (alpha, gamma) through bnn.mapping, or, with weight_decay 0 and gamma
+    None (the schema defaults: nothing to map from), takes DEFAULT_FILTER, so that a bare ``wmhp train`` trains a
+    sensible model. frozen: the control, binary weights stay at the signs of their init (real-valued parameters
+    train as usual).
     """
 
-    name: Literal["sgd", "adam", "bop", "filter"] = "filter"
+    name: Literal["sgd", "adam", "bop", "filter", "frozen"] = "filter"
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -85,6 +95,11 @@ class BinaryOptConfig:
     alpha: float | None = None
     gamma: float | None = None
     threshold: float = 0.0
+    # filter only. "zero": m = x = 0, the paper's optimizer (its first step overwrites the init's signs).
+    # "latent": the state latent SGD at (lr, alpha*gamma/lr) would be in after its init w0, x0 = m0 =
+    # -(alpha*gamma/lr) w0 (bnn.mapping.filter_state_from_latent), so the filter and latent SGD from the same
+    # random init are one optimizer.
+    state_init: Literal["zero", "latent"] = "zero"
 
 
 @dataclass(frozen=True)
@@ -99,7 +114,11 @@ class RealOptConfig:
 
 @dataclass(frozen=True)
 class InitConfig:
-    """Latent-weight initialisation: Uniform(-scale, scale) or Normal(0, scale)."""
+    """Latent-weight initialisation: Uniform(-scale, scale) or Normal(0, scale).
+
+    scale must be > 0: an all-zero init makes every binary weight +1 (sign(0) = +1), a symmetric network that
+    cannot learn (19.9 % measured with a binary first layer), so it is refused rather than silently broken.
+    """
 
     distribution: Literal["uniform", "normal"] = "uniform"
     scale: float = 1e-3
@@ -128,6 +147,15 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
+    # CUDA only (a no-op on the CPU, whose kernels are deterministic already): torch deterministic algorithms,
+    # CUBLAS_WORKSPACE_CONFIG=:4096:8, cuDNN benchmark off. Cost: the convolution algorithms cuDNN would pick by
+    # benchmarking are given up, and cuBLAS keeps a fixed 8 x 4 MiB workspace; the slowdown is model-dependent and
+    # could not be measured on the CPU-only machine that wrote this (benchmarks/gpu_check.sh measures it on a GPU).
+    deterministic: bool = False
+    # Two-step training of the latent baselines (paper.md section 4): step1 trains real weights with binary
+    # activations; step2 (both binary) starts from the step-1 run of the same config with stage step1
+    # (bnn.train's init_from). The filter and Bop train in one step ("single").
+    stage: Literal["single", "step1", "step2"] = "single"
 
 
 # --- allowed ranges: (predicate, description); checked on every config, resolved or not -----------------
@@ -138,6 +166,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     ),
     "data.train_subset": (lambda v: v is None or v >= 1, "null or an int >= 1"),
     "data.num_workers": (lambda v: v >= 0, "an int >= 0"),
+    "data.val_fraction": (lambda v: 0 <= v <= 0.5, "a float in [0, 0.5]"),
     "binary_opt.lr": (lambda v: v > 0, "a float > 0"),
     "binary_opt.momentum": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
     "binary_opt.weight_decay": (lambda v: v >= 0, "a float >= 0"),
@@ -150,7 +179,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "real_opt.lr": (lambda v: v > 0, "a float > 0"),
     "real_opt.momentum": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
     "real_opt.weight_decay": (lambda v: v >= 0, "a float >= 0"),
-    "init.scale": (lambda v: v >= 0, "a float >= 0"),
+    "init.scale": (lambda v: v > 0, "a float > 0 (a zero init makes every binary weight +1: a symmetric net)"),
     "schedule.step_epochs": (lambda v: v >= 1, "an int >= 1"),
     "schedule.step_factor": (lambda v: 0 < v <= 1, "a float in (0, 1]"),
     "epochs": (lambda v: v >= 1, "an int >= 1"),
@@ -376,6 +405,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
     bop: gamma None -> 1e-4 (Helwegen et al.'s default adaptivity rate).
     """
     opt = config.binary_opt
+    if config.stage != "single" and opt.name not in ("sgd", "adam"):
+        raise ConfigError(f"stage: {config.stage!r} is for the latent baselines (binary_opt sgd or adam); "
+                          f"{opt.name} trains in one step (stage 'single')")  # fmt: skip
     if opt.name == "filter":
         if opt.alpha is None:
             if opt.gamma is not None:
@@ -396,9 +428,21 @@ def resolve(config: TrainConfig) -> TrainConfig:
             opt = replace(opt, gamma=1.0)
     elif opt.name == "bop" and opt.gamma is None:
         opt = replace(opt, gamma=1e-4)
+    if opt.state_init != "zero" and opt.name != "filter":
+        raise ConfigError(
+            f"binary_opt.state_init: {opt.state_init!r} applies to the filter only; binary_opt.name is {opt.name!r} "
+            "(leave state_init at 'zero')"
+        )
     resolved = replace(config, binary_opt=opt)
     _check_ranges(resolved)
     return resolved
+
+
+def step1_config(config: TrainConfig) -> TrainConfig:
+    """The step-1 run a step-2 config starts from: the same config with stage step1 (so no path is in a config)."""
+    if config.stage != "step2":
+        raise ConfigError(f"stage: only a 'step2' config has a step-1 run, got {config.stage!r}")
+    return replace(config, stage="step1")
 
 
 def canonical_json(config: TrainConfig) -> str:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnn.config import ConfigError, TrainConfig, canonical_json, resolve
+from bnn.config import ConfigError, TrainConfig, canonical_json, resolve, step1_config
 from bnn.data import load_data
 from bnn.flips import FlipTracker
 from bnn.layers import binary_layers, init_binary_weights, split_parameters
@@ -45,7 +45,7 @@ class UnreadableCheckpoint(Exception):
 
 # The per-epoch metrics every run reports, besides one "flips.<layer>" per binary layer.
 METRIC_NAMES = (
-    "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "flip_ratio", "sign_agreement_init",
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "flip_ratio", "sign_agreement_init",
     "init_forget_step", "lr", "alpha", "real_lr", "epoch_s", "steps", "sign_hash",
 )  # fmt: skip
 
@@ -67,15 +67,52 @@ def sign_hash(weights: list[torch.Tensor]) -> float:
 
 
 def filter_alpha(config: TrainConfig, lr: float) -> float:
-    """alpha_t in the gradient-filter view of this epoch's binary-weight update; NaN where no exact mapping."""
+    """alpha_t in the gradient-filter view of this epoch's binary-weight update; NaN where there is no exact one.
+
+    Latent SGD whose (lr_t, weight_decay, momentum) has no real poles (e.g. lr 1, weight decay 1e-2, momentum 0.9)
+    has no filter reading: NaN, and the run trains on.
+    """
     opt = config.binary_opt
     if opt.name == "filter":
         return lr
-    if opt.name == "sgd" and opt.weight_decay > 0:
-        return latent_to_filter(lr, opt.weight_decay, opt.momentum)[0]
+    if opt.name == "sgd" and opt.weight_decay > 0 and lr > 0:
+        try:
+            return latent_to_filter(lr, opt.weight_decay, opt.momentum)[0]
+        except ValueError:
+            return math.nan
     if opt.name == "bop" and opt.threshold == 0:
         return lr  # Bop with threshold 0 is the filter with gamma = 1 and alpha = Bop's gamma
     return math.nan
+
+
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def configure_determinism(enabled: bool, device: torch.device) -> None:
+    """TrainConfig.deterministic on CUDA: deterministic algorithms, a fixed cuBLAS workspace, no cuDNN benchmark.
+
+    A no-op on the CPU. Process-wide state, so it is set (or cleared) for every CUDA run: a Ray worker reused for
+    another trial must not keep the previous trial's setting. CUBLAS_WORKSPACE_CONFIG is only read at the first
+    cuBLAS call of a process: pipeline.runner puts it in the environment before Ray starts its workers, and here it
+    is set for a process that has not used cuBLAS yet. Ops without a deterministic CUDA kernel warn instead of
+    failing (AdaptiveAvgPool2d's backward in ResNet-20 / ReActNet-A: with output size 1 every input receives a
+    single addition, so it is deterministic in fact).
+    """
+    if device.type != "cuda":
+        return
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = enabled
+
+
+def initial_filter_state(config: TrainConfig, binary: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """binary_opt.state_init "latent": (m0, x0) = -(alpha*gamma/lr) w0 per weight, the state latent SGD at
+    (lr, weight_decay = alpha*gamma/lr, momentum) is in after init w0 with a zero velocity (bnn.mapping)."""
+    opt = config.binary_opt
+    decay = opt.alpha * opt.gamma / opt.lr  # type: ignore[operator]  # resolved: alpha and gamma are set
+    return [(w.detach() * -decay, w.detach() * -decay) for w in binary]
 
 
 class Run:
@@ -84,10 +121,12 @@ class Run:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.device = pick_device(config.device)
+        configure_determinism(config.deterministic, self.device)
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
         torch.manual_seed(config.seed)
         self.data = load_data(config.data, self.device, self.dtype, config.seed)
-        weight_mode = weight_mode_for(config.binary_opt.name)
+        # Step 1 of two-step training: the binary layers use their real weights (binary activations only).
+        weight_mode = "real" if config.stage == "step1" else weight_mode_for(config.binary_opt.name)
         self.model: nn.Module = build_model(config.model, weight_mode, self.data.num_classes, self.data.input_shape)
         self.model.to(device=self.device, dtype=self.dtype)
         self.teacher = build_teacher(config.model, self.data.num_classes)
@@ -98,7 +137,8 @@ class Run:
             binary, config.init.distribution, config.init.scale, torch.Generator().manual_seed(config.seed)
         )
         self.binary_weights = binary
-        self.binary_opt = build_binary_optimizer(config.binary_opt, binary)
+        state = initial_filter_state(config, binary) if config.binary_opt.state_init == "latent" else None
+        self.binary_opt = build_binary_optimizer(config.binary_opt, binary, initial_state=state)
         self.real_opt = build_real_optimizer(config.real_opt, real) if real else None
         schedule = multiplier(config.schedule, config.epochs)
         self.schedulers = [
@@ -108,6 +148,19 @@ class Run:
         self.flips = FlipTracker([(name, layer.weight) for name, layer in binary_layers(self.model)])
         self.epoch = 0
         self.history: list[Metrics] = []
+
+    def start_from(self, step1_state: dict[str, Any]) -> None:
+        """Step 2: every model weight from step 1's finished checkpoint; optimizers start fresh (official code)."""
+        expected = canonical_json(step1_config(self.config))
+        if step1_state.get("config") != expected:
+            raise ConfigError("init_from: the checkpoint is not of this config's step-1 run (same config, stage "
+                              "step1)")  # fmt: skip
+        if step1_state["epoch"] != self.config.epochs:
+            raise ConfigError(f"init_from: step 1 stopped after {step1_state['epoch']} of {self.config.epochs} "
+                              "epochs; finish it first")  # fmt: skip
+        self.model.load_state_dict(step1_state["model"])
+        # Flip statistics count from the weights step 2 starts with.
+        self.flips = FlipTracker([(name, layer.weight) for name, layer in binary_layers(self.model)])
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -169,17 +222,21 @@ class Run:
         return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
 
     @torch.no_grad()
-    def evaluate(self) -> Metrics:
+    def evaluate(self, split: str) -> Metrics:
+        """``{split}_loss`` and ``{split}_acc`` on the test set or the validation split (NaN when it is empty)."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
-        for x, y in self.data.test_batches(self.config.eval_batch_size):
+        batches = self.data.test_batches if split == "test" else self.data.val_batches
+        for x, y in batches(self.config.eval_batch_size):
             logits = self.model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-        return {"test_loss": loss_sum.item() / seen, "test_acc": correct.item() / seen}
+        if seen == 0:
+            return {f"{split}_loss": math.nan, f"{split}_acc": math.nan}
+        return {f"{split}_loss": loss_sum.item() / seen, f"{split}_acc": correct.item() / seen}
 
     def run_epoch(self) -> Metrics:
         start = time.perf_counter()
@@ -187,7 +244,8 @@ class Run:
         real_lr = self.real_opt.param_groups[0]["lr"] if self.real_opt else math.nan
         metrics: Metrics = {"epoch": float(self.epoch + 1)}
         metrics.update(self.train_epoch())
-        metrics.update(self.evaluate())
+        metrics.update(self.evaluate("val"))
+        metrics.update(self.evaluate("test"))
         for scheduler in self.schedulers:
             scheduler.step()
         flips = self.flips.epoch_summary()
@@ -270,6 +328,7 @@ def train(
     report: ReportFn | None = None,
     checkpoint_dir: str | Path | None = None,
     stop_after: int | None = None,
+    init_from: str | Path | None = None,
 ) -> Metrics:
     """Train ``config`` for its epochs; return the last epoch's metrics.
 
@@ -278,14 +337,27 @@ def train(
     there atomically *before* calling ``report(metrics)``, so a reported epoch is always recoverable.
     ``stop_after``: stop once this many epochs are done (the schedule still spans ``config.epochs``), to be
     resumed later from ``checkpoint_dir``.
+    ``init_from``: stage step2 only, the ``state.pt`` of its finished step-1 run (ignored when resuming).
     """
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"stop_after: expected an int >= 1 (epochs to train before stopping), got {stop_after}")
     config = resolve(config)
     run = Run(config)
+    if init_from is not None and run.config.stage != "step2":
+        raise ConfigError(f"init_from: only a stage step2 run starts from a step-1 checkpoint (stage "
+                          f"{run.config.stage!r})")  # fmt: skip
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if directory is not None and (directory / CHECKPOINT_FILE).exists():
         run = _resume(run, config, directory / CHECKPOINT_FILE)
+    if run.epoch == 0 and run.config.stage == "step2":
+        if init_from is None:
+            raise ConfigError("init_from: stage step2 starts from its finished step-1 run's state.pt (wmhp train "
+                              "--init-from DIR/state.pt); none was given")  # fmt: skip
+        try:
+            state = load_state(Path(init_from), run.device)
+        except UnreadableCheckpoint as exc:
+            raise ConfigError(f"init_from: {exc}") from None
+        run.start_from(state)
     last = run.config.epochs if stop_after is None else min(stop_after, run.config.epochs)
     while run.epoch < last:
         metrics = run.run_epoch()

@@ -37,19 +37,23 @@ def macs_per_example(config: TrainConfig) -> float:
 
 
 def train_examples(config: TrainConfig) -> int:
-    full = TRAIN_SIZES[config.data.name]
+    full = TRAIN_SIZES[config.data.name] - val_examples(config)
     return min(full, config.data.train_subset) if config.data.train_subset is not None else full
+
+
+def val_examples(config: TrainConfig) -> int:
+    return round(config.data.val_fraction * TRAIN_SIZES[config.data.name])
 
 
 def epoch_seconds(config: TrainConfig, gpu: bool = False) -> float:
     """Estimated wall time of one epoch of ``config`` on one CPU thread (or one GPU)."""
     n_train = train_examples(config)
-    n_test = TEST_SIZES[config.data.name]
+    n_eval = TEST_SIZES[config.data.name] + val_examples(config)
     steps = math.ceil(n_train / config.batch_size)
     throughput = GPU_MACS_PER_S if gpu else CPU_MACS_PER_S
     overhead = GPU_STEP_OVERHEAD_S if gpu else CPU_STEP_OVERHEAD_S
     dtype_factor = 2.0 if config.dtype == "float64" else 1.0
-    compute = (3 * n_train + n_test) * macs_per_example(config) * dtype_factor / throughput
+    compute = (3 * n_train + n_eval) * macs_per_example(config) * dtype_factor / throughput
     return compute + steps * overhead
 
 

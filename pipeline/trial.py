@@ -114,6 +114,14 @@ def _complete_history(fs: Any, path: str) -> list[dict[str, float]] | None:
     return history if epochs and epochs == list(range(1, len(epochs) + 1)) else None
 
 
+def copy_checkpoint(resumable: dict[str, str], destination: Path) -> None:
+    import pyarrow.fs
+
+    fs, _ = storage_filesystem(resumable["storage"])
+    pyarrow.fs.copy_files(resumable["path"], str(destination), source_filesystem=fs,
+                          destination_filesystem=pyarrow.fs.LocalFileSystem())
+
+
 def restore_checkpoint(cell: dict[str, Any], work: Path) -> None:
     """Fill ``work`` with the newest checkpoint of this cell that loads safely, or leave it empty (a fresh start).
 
@@ -216,7 +224,8 @@ def maybe_fault(spec: tuple[str, int] | None, digest: str, epoch: int, kill: boo
 
 # --- the trainable ---------------------------------------------------------------------------------------
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable. ``config``: {"cell": {hash, config, resume}, "options": {threads, fault_once}}."""
+    """Tune function trainable. ``config``: {"cell": {hash, config, resume, init}, "options": {threads,
+    fault_once}}; ``init`` (stage step2): where the finished step-1 run's checkpoint lies, like ``resume``."""
     import torch
     from ray import tune
 
@@ -238,6 +247,11 @@ def run_trial(config: dict[str, Any]) -> None:
         restore_checkpoint(cell, work)
         history = read_history(work)
         restored = {RESTORED_KEY: json.dumps(history)}  # the driver backfills the run from what was loaded
+        init_from = None
+        if cell.get("init") and not (work / STATE_FILE).exists():
+            step1 = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-step1-", dir=work.parent))
+            copy_checkpoint(cell["init"], step1)
+            init_from = step1 / STATE_FILE
 
         def report(metrics: dict[str, float]) -> None:
             history.append(metrics)
@@ -247,7 +261,9 @@ def run_trial(config: dict[str, Any]) -> None:
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
             maybe_fault(fault, cell["hash"], int(metrics["epoch"]), kill=bool(options.get("fault_kill")))
 
-        train(train_config, report=report, checkpoint_dir=work)
+        train(train_config, report=report, checkpoint_dir=work, init_from=init_from)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if init_from is not None:
+            shutil.rmtree(init_from.parent, ignore_errors=True)
 

@@ -17,7 +17,7 @@ from PIL import Image
 from bnn.config import ConfigError, DataConfig
 from bnn.data import DatasetError, load_data
 from bnn.data import fashion_mnist as fm
-from bnn.data.base import epoch_order
+from bnn.data.base import epoch_order, split_indices
 from bnn.data.cifar10 import PAD, crop_flip, standard_loader
 from bnn.data.idx import read_idx, write_idx
 
@@ -37,6 +37,28 @@ def pixels(data, x: torch.Tensor) -> np.ndarray:
     return (x / data.inv_std + data.mean).cpu().numpy()
 
 
+# --- the validation split ----------------------------------------------------------------------------------------
+def test_validation_split_is_held_out_fixed_and_disjoint_from_the_training_subset() -> None:
+    train, val = split_indices(1000, 0.1, 300)
+    assert (len(train), len(val)) == (300, 100)
+    assert not set(train.tolist()) & set(val.tolist())
+    again_train, again_val = split_indices(1000, 0.1, None)
+    assert torch.equal(val, again_val) and set(train.tolist()) < set(again_train.tolist())
+    assert torch.equal(again_train, torch.sort(again_train).values)  # file order
+    assert len(split_indices(1000, 0.0, None)[1]) == 0
+    with pytest.raises(ConfigError, match="data.train_subset: expected at most 900"):
+        split_indices(1000, 0.1, 901)
+
+
+def test_validation_split_comes_unaugmented_and_is_evaluated_separately(tmp_path: Path) -> None:
+    images, labels = write_cifar(tmp_path)
+    data = load_data(DataConfig(name="cifar10", root=str(tmp_path), val_fraction=0.25), CPU, torch.float64, seed=0)
+    assert (data.n_train, data.n_val, data.n_test) == (75, 25, 20)
+    _, val = split_indices(100, 0.25, None)
+    x = torch.cat([x for x, _ in data.val_batches(10)])
+    assert np.allclose(pixels(data, x), images[:100][val.numpy()], rtol=0, atol=1e-9)
+
+
 # --- digits ---------------------------------------------------------------------------------------------------
 def test_digits_split_is_fixed_stratified_and_complete() -> None:
     from sklearn.datasets import load_digits
@@ -44,18 +66,19 @@ def test_digits_split_is_fixed_stratified_and_complete() -> None:
     a = load_data(DataConfig(name="digits"), CPU, torch.float64, seed=0)
     b = load_data(DataConfig(name="digits"), CPU, torch.float64, seed=7)
     assert torch.equal(a.test_images, b.test_images) and torch.equal(a.test_labels, b.test_labels)
-    assert (a.n_train, a.n_test, a.num_classes, a.input_shape) == (1437, 360, 10, (1, 8, 8))
+    assert torch.equal(a.val_images, b.val_images) and torch.equal(a.train_images, b.train_images)
+    assert (a.n_train, a.n_val, a.n_test, a.num_classes, a.input_shape) == (1293, 144, 360, 10, (1, 8, 8))
     full = load_digits()
     per_class = np.bincount(full.target)
     test_counts = torch.bincount(a.test_labels, minlength=10).numpy()
     assert np.all(np.abs(test_counts - per_class * 0.2) <= 1)  # stratified: 20% of every class
-    # Train and test together are exactly the 1,797 images, each once.
-    rows = torch.cat([a.train_images, a.test_images]).reshape(-1, 64).numpy().astype(np.float64)
+    # Train, validation and test together are exactly the 1,797 images, each once.
+    rows = torch.cat([a.train_images, a.val_images, a.test_images]).reshape(-1, 64).numpy().astype(np.float64)
     assert sorted(map(tuple, rows)) == sorted(map(tuple, full.data))
 
 
 def test_inputs_are_normalised_in_the_asked_dtype() -> None:
-    data = load_data(DataConfig(name="digits"), CPU, torch.float64, seed=0)
+    data = load_data(DataConfig(name="digits", val_fraction=0.0), CPU, torch.float64, seed=0)
     x, y = next(data.train_batches(1, data.n_train))
     assert x.dtype == torch.float64 and y.dtype == torch.int64 and x.shape == (data.n_train, 1, 8, 8)
     assert abs(x.mean().item()) < 1e-9 and abs(x.std().item() - 1) < 1e-3
@@ -82,7 +105,7 @@ def test_order_depends_only_on_seed_and_epoch() -> None:
 
 
 def test_a_lone_last_example_is_dropped_not_given_to_batchnorm() -> None:
-    data = load_data(DataConfig(name="digits"), CPU, torch.float32, seed=0)
+    data = load_data(DataConfig(name="digits", val_fraction=0.0), CPU, torch.float32, seed=0)
     assert data.n_train % 2 == 1
     sizes = [len(y) for _, y in data.train_batches(1, 2)]
     assert min(sizes) == 2 and sum(sizes) == data.n_train - 1 and len(sizes) == data.steps_per_epoch(2)
@@ -118,7 +141,7 @@ def write_fashion_files(directory: Path, n_train: int = 30, n_test: int = 10, gz
 
 @pytest.mark.skipif(not fm.files_in(fm.DEBIAN_DIR), reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_from_the_debian_package() -> None:
-    data = load_data(DataConfig(name="fashion-mnist"), CPU, torch.float32, seed=0)
+    data = load_data(DataConfig(name="fashion-mnist", val_fraction=0.0), CPU, torch.float32, seed=0)
     assert data.source == str(fm.DEBIAN_DIR)
     assert (data.n_train, data.n_test, data.input_shape, data.num_classes) == (60000, 10000, (1, 28, 28), 10)
     assert torch.equal(torch.bincount(data.train_labels), torch.full((10,), 6000))
@@ -130,7 +153,8 @@ def test_fashion_mnist_from_the_debian_package() -> None:
 def test_fashion_mnist_from_data_root_comes_first(tmp_path: Path, layout: str) -> None:
     directory = tmp_path if layout == "flat-gz" else tmp_path / "FashionMNIST" / "raw"
     arrays = write_fashion_files(directory, gz=layout == "flat-gz")
-    data = load_data(DataConfig(name="fashion-mnist", root=str(tmp_path)), CPU, torch.float64, seed=0)
+    data = load_data(DataConfig(name="fashion-mnist", root=str(tmp_path), val_fraction=0.0), CPU, torch.float64,
+                     seed=0)
     assert data.source == str(directory) and (data.n_train, data.n_test) == (30, 10)
     x, y = next(data.test_batches(100))
     assert np.allclose(pixels(data, x)[:, 0], arrays["test_images"], rtol=0, atol=1e-9)
@@ -219,7 +243,8 @@ def write_cifar(root: Path, n_per_batch: int = 20, protocol: int = 2) -> tuple[n
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_cifar10_reads_the_pickled_batches(tmp_path: Path, protocol: int) -> None:
     images, labels = write_cifar(tmp_path, protocol=protocol)
-    data = load_data(DataConfig(name="cifar10", root=str(tmp_path), augment=False), CPU, torch.float64, seed=0)
+    cfg = DataConfig(name="cifar10", root=str(tmp_path), augment=False, val_fraction=0.0)
+    data = load_data(cfg, CPU, torch.float64, seed=0)
     assert (data.n_train, data.n_test, data.input_shape, data.num_classes) == (100, 20, (3, 32, 32), 10)
     assert data.source == str(tmp_path / "cifar-10-batches-py")
     x, y = next(data.test_batches(100))
@@ -234,7 +259,7 @@ def test_cifar10_batches_directly_in_data_root(tmp_path: Path) -> None:
     write_cifar(tmp_path)
     flat = tmp_path / "flat"
     (tmp_path / "cifar-10-batches-py").rename(flat)
-    data = load_data(DataConfig(name="cifar10", root=str(flat)), CPU, torch.float32, seed=0)
+    data = load_data(DataConfig(name="cifar10", root=str(flat), val_fraction=0.0), CPU, torch.float32, seed=0)
     assert data.n_train == 100 and data.source == str(flat)
 
 
@@ -282,7 +307,7 @@ def test_crop_flip_matches_the_per_image_reference() -> None:
 
 def test_cifar10_on_device_augmentation_really_crops_and_flips(tmp_path: Path) -> None:
     images, _ = write_cifar(tmp_path)
-    data = load_data(DataConfig(name="cifar10", root=str(tmp_path)), CPU, torch.float64, seed=0)
+    data = load_data(DataConfig(name="cifar10", root=str(tmp_path), val_fraction=0.0), CPU, torch.float64, seed=0)
     epoch1 = batches(data, 1, 32)
     assert [tuple(x.shape) for x, _ in epoch1] == [(32, 3, 32, 32)] * 3 + [(4, 3, 32, 32)]
     out = np.rint(pixels(data, torch.cat([x for x, _ in epoch1])))
@@ -296,7 +321,7 @@ def test_cifar10_on_device_augmentation_really_crops_and_flips(tmp_path: Path) -
     assert {f for _, _, f in found} == {False, True}
     assert len({(dy, dx) for dy, dx, _ in found}) > 20
     # Reproducible from (seed, epoch) alone; a new epoch draws anew.
-    assert same_batches(batches(load_data(DataConfig(name="cifar10", root=str(tmp_path)), CPU, torch.float64, 0),
+    assert same_batches(batches(load_data(DataConfig(name="cifar10", root=str(tmp_path), val_fraction=0.0), CPU, torch.float64, 0),
                                 1, 32), epoch1)  # fmt: skip
     assert not same_batches(batches(data, 2, 32), epoch1)
 
@@ -322,7 +347,7 @@ def write_image_folder(root: Path, classes=("n01440764", "n01443537"), per_class
 
 def test_image_folder_loads_with_the_standard_crops(tmp_path: Path) -> None:
     write_image_folder(tmp_path)
-    cfg = DataConfig(name="imagenet", root=str(tmp_path), num_workers=0)
+    cfg = DataConfig(name="imagenet", root=str(tmp_path), num_workers=0, val_fraction=0.0)
     data = load_data(cfg, CPU, torch.float64, seed=0)
     assert (data.n_train, data.n_test, data.num_classes, data.input_shape) == (8, 4, 2, (3, 224, 224))
     rng_before = torch.get_rng_state()
@@ -334,7 +359,7 @@ def test_image_folder_loads_with_the_standard_crops(tmp_path: Path) -> None:
     test = list(data.test_batches(4))
     assert len(test) == 1 and test[0][1].tolist() == [0, 0, 1, 1]
     # Same (seed, epoch): same batches, with worker processes too; another epoch differs.
-    workers = load_data(DataConfig(name="imagenet", root=str(tmp_path), num_workers=2), CPU, torch.float64, 0)
+    workers = load_data(DataConfig(name="imagenet", root=str(tmp_path), num_workers=2, val_fraction=0.0), CPU, torch.float64, 0)
     assert same_batches(batches(workers, 1, 3), epoch1)
     assert not same_batches(batches(data, 2, 3), epoch1)
 

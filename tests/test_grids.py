@@ -54,26 +54,38 @@ def test_presets_have_their_scale(path: Path) -> None:
         assert (c.data.name, c.model.name, c.epochs, c.batch_size) == ("cifar10", "resnet20", 350, 128)
 
 
-def test_e1_pairs_latent_sgd_with_the_exactly_mapped_filter() -> None:
+def steps_of(config) -> int:
+    """Optimizer steps T of a run: alpha x T says whether alpha can act at all (paper.md section 6)."""
+    examples = config.data.train_subset
+    return -(-examples // config.batch_size) * config.epochs
+
+
+def test_e1_pairs_latent_sgd_with_the_exactly_mapped_filter_from_the_same_random_init() -> None:
     cells = cells_of("e1", "cpu")
-    assert len(cells) == 6
+    assert len(cells) == 12
     by_setting: dict[tuple, dict[str, object]] = {}
     for cell in cells:
         c = cell.config
-        assert (c.init.scale, c.dtype, c.schedule.name) == (0.0, "float64", "constant")
+        assert c.init.scale > 0 and (c.dtype, c.schedule.name) == ("float64", "constant")
         opt = c.binary_opt
-        by_setting.setdefault((opt.lr, opt.weight_decay, opt.momentum), {})[opt.name] = opt
-    assert len(by_setting) == 3
-    for (lr, wd, mu), pair in by_setting.items():
+        by_setting.setdefault((opt.lr, opt.weight_decay, opt.momentum, c.seed), {})[opt.name] = opt
+    assert len(by_setting) == 6
+    for (lr, wd, mu, _), pair in by_setting.items():
         assert set(pair) == {"sgd", "filter"}
         assert (pair["filter"].alpha, pair["filter"].gamma) == latent_to_filter(lr, wd, mu)
+        assert pair["filter"].state_init == "latent"
 
 
-def test_e2_anti_diagonals_share_alpha() -> None:
+def test_e2_anti_diagonals_share_alpha_in_the_regime_where_alpha_acts() -> None:
     cells = cells_of("e2", "cpu")
-    products = Counter(f"{c.config.binary_opt.lr * c.config.binary_opt.weight_decay:.3e}" for c in cells)
-    assert sorted(products.values()) == [1, 1, 2, 2, 3, 3, 4]
+    default_init = [c for c in cells if c.config.init.scale == 1e-3 and c.config.seed == 0]
+    products = Counter(f"{c.config.binary_opt.lr * c.config.binary_opt.weight_decay:.3e}" for c in default_init)
+    assert products == {"1.000e-04": 1, "1.000e-03": 2, "1.000e-02": 3, "1.000e-01": 2, "1.000e+00": 1}
+    for diagonal in (1e-3, 1e-2, 1e-1):
+        assert 0.5 <= diagonal * steps_of(cells[0].config) <= 100
     assert all(c.config.binary_opt.name == "sgd" and c.config.binary_opt.momentum == 0 for c in cells)
+    assert {c.config.init.scale for c in cells} == {1e-3, 1.0}  # 1.0: where the claim should fail
+    assert {c.config.seed for c in cells} == {0, 1, 2}
 
 
 def test_e3_spans_init_scales_with_and_without_decay() -> None:
@@ -81,22 +93,36 @@ def test_e3_spans_init_scales_with_and_without_decay() -> None:
     scales = sorted({c.config.init.scale for c in cells})
     assert scales[-1] / scales[0] >= 1e4
     assert {c.config.binary_opt.weight_decay > 0 for c in cells} == {False, True}
+    assert {c.config.seed for c in cells} == {0, 1, 2}
 
 
-def test_e4_filter_cells_map_each_momentum() -> None:
+def test_e4_holds_alpha_fixed_and_pairs_each_momentum_with_its_filter() -> None:
     cells = cells_of("e4", "cpu")
     latent = {c.config.binary_opt.momentum for c in cells if c.config.binary_opt.name == "sgd"}
-    assert latent == {0.0, 0.5, 0.9, 0.99}
+    assert latent == {0.0, 0.5, 0.9, 0.97}
+    alphas = set()
     for cell in cells:
         opt = cell.config.binary_opt
+        alpha, gamma = latent_to_filter(opt.lr, opt.weight_decay, opt.momentum)
+        alphas.add(round(alpha, 6))
         if opt.name == "filter":
-            assert (opt.alpha, opt.gamma) == latent_to_filter(opt.lr, opt.weight_decay, opt.momentum)
+            assert (opt.alpha, opt.gamma, opt.state_init) == (alpha, gamma, "latent")
+    assert alphas == {0.01}
 
 
-def test_e8_compares_four_optimizers_over_three_seeds() -> None:
+def test_e5_cells_can_differ_and_carry_a_frozen_control() -> None:
+    cells = cells_of("e5", "cpu")
+    filters = [c.config for c in cells if c.config.binary_opt.name == "filter"]
+    assert all(0.5 <= c.binary_opt.alpha * steps_of(c) <= 100 for c in filters)
+    assert Counter(c.config.binary_opt.name for c in cells)["frozen"] == 3
+    assert {c.config.seed for c in cells} == {0, 1, 2}
+
+
+def test_e8_compares_four_optimizers_and_the_control_over_three_seeds() -> None:
     for preset in ("cpu", "cifar10"):
         cells = cells_of("e8", preset)
-        assert Counter(c.config.binary_opt.name for c in cells) == {"adam": 3, "sgd": 3, "bop": 3, "filter": 3}
+        assert Counter(c.config.binary_opt.name for c in cells) == {
+            "adam": 3, "sgd": 3, "bop": 3, "filter": 3, "frozen": 3}
         assert {c.config.seed for c in cells} == {0, 1, 2}
     imagenet = cells_of("e8", "imagenet")
     for cell in imagenet:
@@ -105,6 +131,13 @@ def test_e8_compares_four_optimizers_over_three_seeds() -> None:
         assert c.model.teacher_path
     adam = [c.config.binary_opt for c in imagenet if c.config.binary_opt.name == "adam"]
     assert adam and adam[0].lr == 1e-3
+
+
+@pytest.mark.parametrize("path", builtin_grids(), ids=lambda p: p.stem)
+def test_every_cpu_grid_runs_at_least_two_seeds(path: Path) -> None:
+    cells = expand(load_grid(path), "cpu", check_paths=False)
+    per_cell = Counter(tuple(sorted((k, repr(v)) for k, v in c.label.items() if k != "seed")) for c in cells)
+    assert min(per_cell.values()) >= 2
 
 
 # --- expansion semantics -----------------------------------------------------------------------------------
@@ -201,9 +234,9 @@ def test_dry_run_counts_without_writing(tmp_path: Path, capsys) -> None:
     assert ablate_main(["e2", "e5", "--preset", "cpu", "--results-dir", str(results), "--dry-run"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("e2_", "e5_", "total"))}
-    assert rows["e2_lr_wd"][1:5] == ["16", "0", "0", "16"]
-    assert rows["e5_alpha_gamma"][1:5] == ["20", "0", "0", "20"]
-    assert rows["total"][1] == "36"
+    assert rows["e2_lr_wd"][1:5] == ["39", "0", "0", "39"]
+    assert rows["e5_alpha_gamma"][1:5] == ["30", "0", "0", "30"]
+    assert rows["total"][1] == "69"
     assert "wall at" in out
     assert not results.exists()
 

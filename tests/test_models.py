@@ -12,7 +12,7 @@ import torchvision
 
 from bnn.binarize import sign
 from bnn.config import ConfigError, ModelConfig
-from bnn.layers import binary_layers, split_parameters
+from bnn.layers import BinaryLinear, binary_layers, split_parameters
 from bnn.models import build_model
 from bnn.models.activations import SignActivation
 from bnn.models.distill import build_teacher, distillation_loss
@@ -26,10 +26,13 @@ REAL_SIZES = {
 }
 
 
-def expected_binary_weights(name: str, hidden: tuple[int, ...] = (512, 512, 512)) -> list[tuple[int, ...]]:
-    """Shapes of the binary weights, written out from the published architectures."""
+def expected_binary_weights(
+    name: str, hidden: tuple[int, ...] = (512, 512, 512), in_features: int = 784
+) -> list[tuple[int, ...]]:
+    """Shapes of the binary weights, written out from the published architectures (the MLP's binary first layer
+    BinaryNet style)."""
     if name == "mlp":
-        return [(b, a) for a, b in zip(hidden[:-1], hidden[1:])]
+        return [(hidden[0], in_features)] + [(b, a) for a, b in zip(hidden[:-1], hidden[1:])]
     if name == "resnet20":
         shapes, c_in = [], 16
         for width in (16, 32, 64):
@@ -92,10 +95,13 @@ def test_mlp_hidden_widths() -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="mlp", hidden=(64, 32, 16, 8)), "latent", 10, (1, 8, 8))
     assert [tuple(layer.weight.shape) for _, layer in binary_layers(model)] == expected_binary_weights(
-        "mlp", (64, 32, 16, 8)
+        "mlp", (64, 32, 16, 8), in_features=64
     )
     assert model(torch.randn(5, 1, 8, 8)).shape == (5, 10)
-    assert model.layers.fc_in.in_features == 64  # real first layer on the flattened input
+    assert isinstance(model.layers.fc_in, BinaryLinear)  # binary first layer on the flattened real input
+    real_first = build_model(ModelConfig(name="mlp", hidden=(64, 32), first_layer="real"), "latent", 10, (1, 8, 8))
+    assert [name for name, _ in binary_layers(real_first)] == ["layers.fc1"]
+    assert type(real_first.layers.fc_in) is torch.nn.Linear
 
 
 @pytest.mark.parametrize("name", list(REAL_SIZES))

@@ -1,14 +1,17 @@
-"""The one training loop: accuracy bars, exact +-1 invariants, determinism and exact resume."""
+"""The one training loop: accuracy bars beside the frozen control, exact +-1 invariants, determinism and exact
+resume."""
 
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from bnn.config import from_flat, resolve
+from bnn.config import ConfigError, from_flat, resolve
 from bnn.layers import binary_layers
 from bnn.train import METRIC_NAMES, Run, train
 
@@ -30,11 +33,31 @@ def run_to_end(overrides):
     return run
 
 
+@pytest.fixture(scope="module")
+def frozen_digits():
+    """The control: binary weights never trained (measured 79-81 % on digits; trained optimizers 95-97 %)."""
+    return run_to_end({**DIGITS, "binary_opt.name": "frozen"})
+
+
+def test_frozen_control_keeps_every_sign_and_trains_the_rest(frozen_digits):
+    run = Run(resolve(from_flat({**DIGITS, "binary_opt.name": "frozen", "epochs": 1})))
+    before = [w.detach().clone() for w in run.binary_weights]
+    real_before = [p.detach().clone() for p in run.real_opt.param_groups[0]["params"]]
+    metrics = run.run_epoch()
+    assert all(torch.equal(a, b) and torch.equal(b.abs(), torch.ones_like(b)) for a, b in zip(before, run.binary_weights))
+    assert metrics["flip_ratio"] == 0 and metrics["sign_agreement_init"] == 1
+    assert any(not torch.equal(a, p) for a, p in zip(real_before, run.real_opt.param_groups[0]["params"]))
+    assert 0.5 < frozen_digits.history[-1]["test_acc"] < 0.9
+
+
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_digits_accuracy_and_invariants(name):
+def test_digits_accuracy_and_invariants(name, frozen_digits):
     run = run_to_end({**DIGITS, **OPTIMIZERS[name]})
     final = run.history[-1]
-    assert final["test_acc"] >= 0.85, f"{name}: {final['test_acc']:.3f}"
+    frozen = frozen_digits.history[-1]["test_acc"]
+    assert final["test_acc"] >= 0.90, f"{name}: {final['test_acc']:.3f}"
+    assert final["test_acc"] >= frozen + 0.08, f"{name}: {final['test_acc']:.3f} vs frozen {frozen:.3f}"
+    assert 0.85 <= final["val_acc"] <= 1
     assert set(METRIC_NAMES) <= set(final)
     assert [k for k in final if k.startswith("flips.")], "per-layer flip counts missing"
     assert 0 <= final["flip_ratio"] <= 1 and 0 <= final["sign_agreement_init"] <= 1
@@ -43,14 +66,22 @@ def test_digits_accuracy_and_invariants(name):
             assert torch.equal(layer.weight.abs(), torch.ones_like(layer.weight)), "binary weights must be +-1"
 
 
-@pytest.mark.parametrize("name", ["filter", "adam"])
-def test_fashion_mnist_reaches_80_percent(name):
-    overrides = {"data.name": "fashion-mnist", "model.hidden": [256, 256], "batch_size": 128, "epochs": 3,
-                 "schedule.name": "constant"}  # fmt: skip
-    settings = {"filter": {**OPTIMIZERS["filter"], "binary_opt.alpha": 1e-3, "binary_opt.gamma": 0.1},
-                "adam": {**OPTIMIZERS["adam"], "binary_opt.lr": 1e-3}}  # fmt: skip
-    metrics = train(from_flat({**overrides, **settings[name]}))
-    assert metrics["test_acc"] >= 0.80, f"{name}: {metrics['test_acc']:.3f}"
+def cpu_preset_sizing() -> dict:
+    """The cpu preset's sizing, from the one file that sets it."""
+    scales = Path(__file__).resolve().parents[1] / "pipeline" / "grids" / "scales.yaml"
+    return yaml.safe_load(scales.read_text())["cpu"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cpu_testbed_binary_weights_carry_the_accuracy(seed):
+    """At the cpu preset's sizing the filter (alpha 1e-3, gamma 0.1) beats the frozen control by >= 5 pp (measured:
+    ~84 % vs ~72 %): the testbed can tell a working binary optimizer from one that does nothing."""
+    base = {**cpu_preset_sizing(), "seed": seed}
+    trained = train(from_flat({**base, "binary_opt.name": "filter", "binary_opt.alpha": 1e-3, "binary_opt.gamma": 0.1}))
+    frozen = train(from_flat({**base, "binary_opt.name": "frozen"}))
+    assert trained["test_acc"] >= 0.80, f"filter: {trained['test_acc']:.3f}"
+    assert trained["test_acc"] >= frozen["test_acc"] + 0.05, f"{trained['test_acc']:.3f} vs {frozen['test_acc']:.3f}"
+    assert trained["val_acc"] >= frozen["val_acc"] + 0.05
 
 
 def without_timing(rows):
@@ -97,3 +128,34 @@ def test_alpha_metric_is_the_filter_view_of_latent_sgd():
                  "epochs": 2, "schedule.name": "constant"}  # fmt: skip
     train(from_flat(overrides), rows.append)
     assert math.isclose(rows[0]["alpha"], 5e-5, rel_tol=1e-12) and rows[0]["lr"] == 0.1
+
+
+def test_latent_sgd_without_a_filter_reading_trains_and_logs_nan():
+    """lr 1, wd 1e-2, momentum 0.9: lr * wd > (1 - sqrt(0.9))^2, so the update has no real poles (it used to crash
+    after the first epoch)."""
+    rows = []
+    overrides = {**DIGITS, "binary_opt.name": "sgd", "binary_opt.lr": 1.0, "binary_opt.weight_decay": 1e-2,
+                 "binary_opt.momentum": 0.9, "epochs": 2}  # fmt: skip
+    train(from_flat(overrides), rows.append)
+    assert len(rows) == 2 and all(math.isnan(r["alpha"]) for r in rows) and rows[0]["lr"] == 1.0
+
+
+def test_filter_state_from_the_latent_init_makes_it_latent_sgd():
+    """state_init latent: the filter and latent SGD from the same random init give the same signs every epoch."""
+    base = {**DIGITS, "epochs": 3, "dtype": "float64", "init.scale": 1e-2, "schedule.name": "constant",
+            "binary_opt.lr": 0.1, "binary_opt.weight_decay": 1e-2, "binary_opt.momentum": 0.9}  # fmt: skip
+    runs = {}
+    for name, extra in {"sgd": {}, "filter": {"binary_opt.alpha": None, "binary_opt.state_init": "latent"},
+                        "zero": {"binary_opt.alpha": None}}.items():  # fmt: skip
+        rows = []
+        train(from_flat({**base, "binary_opt.name": "sgd" if name == "sgd" else "filter", **extra}), rows.append)
+        runs[name] = [r["sign_hash"] for r in rows]
+    assert runs["sgd"] == runs["filter"]
+    assert runs["zero"] != runs["sgd"]  # from the zero state it is another optimizer
+
+
+def test_state_init_and_zero_init_are_refused_where_they_make_no_sense():
+    with pytest.raises(ConfigError, match="binary_opt.state_init.*filter only"):
+        resolve(from_flat({"binary_opt.name": "sgd", "binary_opt.state_init": "latent"}))
+    with pytest.raises(ConfigError, match="init.scale: expected a float > 0"):
+        from_flat({"init.scale": 0.0})

@@ -48,13 +48,15 @@ def setting(row: pd.Series) -> str:
 def table(experiment: Experiment) -> pd.DataFrame:
     """One row per (dataset, model, optimizer cell): accuracies in percent, unrounded; references beside."""
     runs = experiment.runs
+    if "stage" in runs.columns:  # a step-1 run (real weights) is not a binary network: only its step 2 is shown
+        runs = runs[runs["stage"] != "step1"]
     final = cell_stats(runs, GROUP)
     best = cell_stats(runs, GROUP, "best_test_acc")
     first = runs.drop_duplicates("cell").set_index("cell")
     rows = []
     for f, b in zip(final.itertuples(index=False), best.itertuples(index=False)):
         row = dict(zip(GROUP, f[: len(GROUP)]))
-        refs = references_for(row["data.name"], row["binary_opt.name"])
+        refs = references_for(row["data.name"], row["binary_opt.name"], row["model.label"])
         rows.append(
             {
                 "dataset": row["data.name"],
@@ -109,18 +111,19 @@ def analyse(experiment: Experiment, out_dir: Path, tables_dir: Path) -> Section:
     md = markdown(frame)
     md_path.write_text(
         f"# {TITLE}\n\n{md}\n\n{experiment.caption()} · mean ± sample std over seeds. "
-        f"References: {REFERENCES[0].source}.\n"
+        "References: analysis/reference.py (model, training steps and source of each), set beside results of "
+        "the same dataset and model only.\n"
     )
     for (dataset, model), group in frame.groupby(["dataset", "model"], sort=True):
         best = group.loc[group["final_test_acc_mean"].idxmax()]
-        refs = [r for r in REFERENCES if r.dataset == dataset]
+        refs = references_for(dataset, model=model)
         section.findings.append(
             f"{dataset} · {model}: best is **{best['optimizer']}** ({best['final_test_acc_mean']:.2f} %); "
             + ", ".join(f"{r['optimizer']} {r['final_test_acc_mean']:.2f} %" for _, r in group.iterrows())
             + (
                 f"; published: {', '.join(f'{r.what} {r.top1} %' for r in refs)}"
                 if refs
-                else "; paper.md gives no reference number for this dataset"
+                else "; no published reference for this dataset and model"
             )
         )
     section.tables.append(md)
@@ -145,7 +148,7 @@ def draw(frame: pd.DataFrame, out_dir: Path, caption: str) -> list[Path]:
         ax.set_xticks(x, [o.replace(" ", "\n", 1) for o in group["optimizer"]])
         for xi, value in zip(x, group["final_test_acc_mean"]):
             ax.text(xi, value - 1, f"{value:.1f}", ha="center", va="top", fontsize=7, color="white")
-        for r in (r for r in REFERENCES if r.dataset == dataset):
+        for r in references_for(dataset, model=model):
             ax.axhline(r.top1, color="0.3", linestyle=":", linewidth=1)
             ax.text(x[-1] + 0.45, r.top1, f"{r.what}: {r.top1}", ha="right", va="bottom", fontsize=6.5, color="0.3")
         low = float((group["final_test_acc_mean"] - group["final_test_acc_std"].fillna(0)).min())

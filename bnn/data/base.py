@@ -25,6 +25,7 @@ class Data(abc.ABC):
     input_shape: tuple[int, ...]
     n_train: int
     n_test: int
+    n_val: int
     source: str  # where the files were read from, for logs
 
     @abc.abstractmethod
@@ -35,12 +36,16 @@ class Data(abc.ABC):
     def test_batches(self, batch_size: int) -> Iterator[Batch]:
         """The test set in a fixed order, never augmented."""
 
+    @abc.abstractmethod
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        """The validation split (held out from the training set) in a fixed order, never augmented."""
+
     def steps_per_epoch(self, batch_size: int) -> int:
         """How many batches train_batches yields (see epoch_order for the dropped lone example)."""
         return -(-epoch_length(self.n_train, batch_size) // batch_size)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.name!r}, n_train={self.n_train}, n_test={self.n_test}, "
+        return (f"{type(self).__name__}({self.name!r}, n_train={self.n_train}, n_val={self.n_val}, n_test={self.n_test}, "
                 f"input_shape={self.input_shape}, num_classes={self.num_classes}, source={self.source!r})")  # fmt: skip
 
 
@@ -61,13 +66,32 @@ def epoch_order(n: int, seed: int, epoch: int, batch_size: int) -> torch.Tensor:
     return order[: epoch_length(n, batch_size)]
 
 
-def subset_indices(n: int, train_subset: int | None) -> torch.Tensor | None:
-    """data.train_subset: the first N examples of one fixed shuffle (the same for every run seed)."""
-    if train_subset is None:
-        return None
-    if train_subset > n:
-        raise ConfigError(f"data.train_subset: expected at most {n} (the training set's size), got {train_subset}")
-    return torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))[:train_subset]
+def split_indices(n: int, val_fraction: float, train_subset: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, validation indices) into a training set of ``n`` examples, the same for every run seed.
+
+    One fixed shuffle (SPLIT_SEED): its first round(val_fraction * n) examples are the validation split
+    (data.val_fraction), and data.train_subset takes the first N of the rest, so the two never overlap. Both come
+    back sorted, i.e. in file order (the training order is drawn per epoch anyway).
+    """
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_val = round(val_fraction * n)
+    val, rest = order[:n_val].sort().values, order[n_val:]
+    if train_subset is not None:
+        if train_subset > len(rest):
+            raise ConfigError(
+                f"data.train_subset: expected at most {len(rest)} (the training set's {n} examples less the "
+                f"{n_val} of data.val_fraction {val_fraction}), got {train_subset}"
+            )
+        rest = rest[:train_subset]
+    return rest.sort().values, val
+
+
+def split_train_val(
+    images: torch.Tensor, labels: torch.Tensor, val_fraction: float, train_subset: int | None
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """((train images, labels), (validation images, labels)) by split_indices."""
+    train, val = split_indices(len(labels), val_fraction, train_subset)
+    return (images[train], labels[train]), (images[val], labels[val])
 
 
 class EpochDraws:
@@ -94,6 +118,7 @@ class TensorData(Data):
         name: str,
         train: tuple[torch.Tensor, torch.Tensor],
         test: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor],
         num_classes: int,
         mean: Sequence[float],
         std: Sequence[float],
@@ -113,10 +138,12 @@ class TensorData(Data):
         self.augment = augment
         self.train_images, self.train_labels = (t.to(self.device) for t in train)
         self.test_images, self.test_labels = (t.to(self.device) for t in test)
+        self.val_images, self.val_labels = (t.to(self.device) for t in val)
         self.num_classes = num_classes
         self.input_shape = tuple(self.train_images.shape[1:])
         self.n_train = len(self.train_labels)
         self.n_test = len(self.test_labels)
+        self.n_val = len(self.val_labels)
         shape = (1, len(mean), 1, 1)
         self.mean = torch.tensor(mean, dtype=dtype, device=self.device).reshape(shape)
         self.inv_std = 1 / torch.tensor(std, dtype=dtype, device=self.device).reshape(shape)
@@ -136,7 +163,13 @@ class TensorData(Data):
             yield self.normalise(pixels), self.train_labels[index]
 
     def test_batches(self, batch_size: int) -> Iterator[Batch]:
+        yield from self._fixed_batches(self.test_images, self.test_labels, batch_size)
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        yield from self._fixed_batches(self.val_images, self.val_labels, batch_size)
+
+    def _fixed_batches(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[Batch]:
         check_batch_size(batch_size)
-        for start in range(0, self.n_test, batch_size):
+        for start in range(0, len(labels), batch_size):
             end = start + batch_size
-            yield self.normalise(self.test_images[start:end]), self.test_labels[start:end]
+            yield self.normalise(images[start:end]), labels[start:end]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bnn.data.base import EpochDraws, TensorData, subset_indices
+from bnn.data.base import EpochDraws, TensorData, split_train_val
 from bnn.data.errors import DatasetError
 from bnn.data.seeds import SHUFFLE, epoch_generator
 
@@ -152,13 +152,12 @@ def augment_crop_flip(pixels: torch.Tensor, draws: EpochDraws, positions: slice)
 def load_cifar10_data(cfg: DataConfig, device: torch.device, dtype: torch.dtype, seed: int) -> TensorData:
     directory = find_or_download(cfg.root, cfg.download)
     x_train, y_train, x_test, y_test = read_cifar10(directory)
-    train = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    subset = subset_indices(len(y_train), cfg.train_subset)
-    if subset is not None:
-        train = train[0][subset], train[1][subset]
+    train, val = split_train_val(torch.from_numpy(x_train), torch.from_numpy(y_train), cfg.val_fraction,
+                                 cfg.train_subset)
     return TensorData(
         name="cifar10",
         train=train,
+        val=val,
         test=(torch.from_numpy(x_test), torch.from_numpy(y_test)),
         num_classes=10,
         mean=[m * 255 for m in MEAN],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bnn.data.base import TensorData, subset_indices
+from bnn.data.base import TensorData, split_train_val
 from bnn.data.seeds import SPLIT_SEED
 
 TEST_FRACTION = 0.2
@@ -28,18 +28,16 @@ def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def load_digits_data(
-    train_subset: int | None, device: torch.device, dtype: torch.dtype, seed: int
+    train_subset: int | None, val_fraction: float, device: torch.device, dtype: torch.dtype, seed: int
 ) -> TensorData:
     x_train, y_train, x_test, y_test = digits_split()
     # One global mean/std over the training pixels: the split is fixed, so these are constants.
     mean, std = float(x_train.mean()), float(x_train.std())
-    train = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    subset = subset_indices(len(y_train), train_subset)
-    if subset is not None:
-        train = train[0][subset], train[1][subset]
+    train, val = split_train_val(torch.from_numpy(x_train), torch.from_numpy(y_train), val_fraction, train_subset)
     return TensorData(
         name="digits",
         train=train,
+        val=val,
         test=(torch.from_numpy(x_test), torch.from_numpy(y_test)),
         num_classes=10,
         mean=[mean],

@@ -166,17 +166,17 @@ def load_fashion_mnist_data(
     """TensorData of Fashion-MNIST for a DataConfig ``cfg``."""
     import torch
 
-    from bnn.data.base import TensorData, subset_indices
+    from bnn.data.base import TensorData, split_train_val
 
     files = find_or_download(cfg.root, cfg.download, debian_dir, cache)
     x_train, y_train, x_test, y_test = read_arrays(files)
-    train = torch.from_numpy(x_train.copy()), torch.from_numpy(y_train)
-    subset = subset_indices(len(y_train), cfg.train_subset)
-    if subset is not None:
-        train = train[0][subset], train[1][subset]
+    train, val = split_train_val(
+        torch.from_numpy(x_train.copy()), torch.from_numpy(y_train), cfg.val_fraction, cfg.train_subset
+    )
     return TensorData(
         name="fashion-mnist",
         train=train,
+        val=val,
         test=(torch.from_numpy(x_test.copy()), torch.from_numpy(y_test)),
         num_classes=10,
         mean=[MEAN * 255],

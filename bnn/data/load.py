@@ -13,14 +13,14 @@ DATASETS = ("digits", "fashion-mnist", "cifar10", "imagenet")
 def load_data(cfg: DataConfig, device: torch.device, dtype: torch.dtype, seed: int) -> Data:
     """The dataset of ``cfg``: inputs normalised, in ``dtype``, on ``device``; labels int64 on ``device``.
 
-    Training order and augmentation depend only on (seed, epoch); the train/test split and data.train_subset are
-    fixed for all seeds. Raises DatasetError when files are missing or unreadable, ConfigError for bad settings.
+    Training order and augmentation depend only on (seed, epoch); the train/validation/test
+    split and data.train_subset are fixed for all seeds. Raises DatasetError when files are missing or unreadable, ConfigError for bad settings.
     """
     device = torch.device(device)
     if cfg.name == "digits":
         from bnn.data.digits import load_digits_data
 
-        return load_digits_data(cfg.train_subset, device, dtype, seed)
+        return load_digits_data(cfg.train_subset, cfg.val_fraction, device, dtype, seed)
     if cfg.name == "fashion-mnist":
         from bnn.data.fashion_mnist import load_fashion_mnist_data
 

@@ -51,7 +51,7 @@ def build_model(cfg: ModelConfig, weight_mode: str, num_classes: int, input_shap
                    scaling=cfg.scaling)  # fmt: skip
     try:
         if cfg.name == "mlp":
-            model = BinaryMLP(input_shape, cfg.hidden, num_classes, **options)
+            model = BinaryMLP(input_shape, cfg.hidden, num_classes, first_layer=cfg.first_layer, **options)
         else:
             model = MODELS[cfg.name](input_shape, num_classes, **options)
     except ValueError as exc:

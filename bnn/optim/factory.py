@@ -10,10 +10,11 @@ from torch import Tensor
 
 from bnn.config import BinaryOptConfig, RealOptConfig
 from bnn.optim.bop import Bop
+from bnn.optim.frozen import Frozen
 from bnn.optim.gradient_filter import GradientFilter
 
 _WEIGHT_MODES: dict[str, Literal["latent", "binary"]] = {
-    "sgd": "latent", "adam": "latent", "bop": "binary", "filter": "binary",
+    "sgd": "latent", "adam": "latent", "bop": "binary", "filter": "binary", "frozen": "binary",
 }
 
 
@@ -44,7 +45,8 @@ def build_binary_optimizer(
 
     sgd: SGD with L2 weight decay. adam: decay_mode "l2" puts the decay in the gradient (Adam), "decoupled"
     is AdamW. bop: Bop(gamma, threshold). filter: GradientFilter(alpha, gamma), whose state starts at zero
-    unless ``initial_state`` gives (m0, x0) per parameter (bnn.mapping.filter_state_from_latent).
+    unless ``initial_state`` gives (m0, x0) per parameter (bnn.mapping.filter_state_from_latent). frozen: Frozen,
+    the control (signs of the init, never changed).
     """
     weight_mode_for(cfg.name)
     if initial_state is not None and cfg.name != "filter":
@@ -58,6 +60,8 @@ def build_binary_optimizer(
         adam = torch.optim.Adam if cfg.decay_mode == "l2" else torch.optim.AdamW
         return adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
                     foreach=True)
+    if cfg.name == "frozen":
+        return Frozen(params)
     if cfg.name == "bop":
         return Bop(params, gamma=_resolved(cfg.gamma, "gamma"), threshold=cfg.threshold)
     return GradientFilter(

@@ -1,0 +1,30 @@
+"""The control of every experiment: binary weights that never change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from bnn.optim.base import SignFlipOptimizer
+
+
+class Frozen(SignFlipOptimizer):
+    """Keeps each binary weight at the sign of its init (sign(0) = +1); ``step`` changes nothing.
+
+    Trained beside real-valued parameters as usual, it measures how much accuracy the binary weights' training
+    adds: an experiment whose trained cells do not clearly beat this control cannot say anything about the binary
+    optimizer (paper.md section 6). ``lr`` is kept (at 0) only so that lr schedulers and logs treat it like the
+    other binary optimizers.
+    """
+
+    def __init__(self, params: Iterable[Any]) -> None:
+        super().__init__(params, dict(lr=0.0), block_elements=None)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
