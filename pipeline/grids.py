@@ -14,6 +14,8 @@ A grid file (``pipeline/grids/eN_<name>.yaml``) is YAML with these top-level key
     presets:                  # scales; each may override base (merged over it) and axes (replaced per key;
       smoke: {base: {...}, axes: {...}}  # an axis set to null is removed)
       cpu: {...}
+    search: {...}             # instead of axes: hyperparameter searches over sampled spaces (pipeline/search.py);
+                              # presets may then carry a search section too (budgets, range overrides)
 
 A cell's overrides are: the preset's shared sizing from ``pipeline/grids/scales.yaml`` (dataset, model,
 epochs, batch size of smoke / cpu / cifar10 / imagenet: the one place to tune a scale), then the grid's base,
@@ -39,6 +41,8 @@ from bnn.config import (
     ConfigError,
     TrainConfig,
     coerce,
+    quote,
+    yaml_problem,
     config_hash,
     field_names,
     field_type,
@@ -52,8 +56,8 @@ from pipeline.cost import TRAIN_SIZES
 GRID_DIR = Path(__file__).resolve().parent / "grids"
 SCALES_FILE = GRID_DIR / "scales.yaml"
 PRESETS = ("smoke", "cpu", "cifar10", "imagenet")  # the documented scales; grid files may define others
-TOP_LEVEL_KEYS = ("name", "experiment", "description", "base", "axes", "presets")
-PRESET_KEYS = ("description", "base", "axes")
+TOP_LEVEL_KEYS = ("name", "experiment", "description", "base", "axes", "presets", "search")
+PRESET_KEYS = ("description", "base", "axes", "search")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -79,6 +83,7 @@ class Preset:
     base: dict[str, Any]
     axes: dict[str, Any]  # raw YAML: key -> list, or None to remove the grid's axis
     description: str = ""
+    search: dict[str, Any] | None = None  # raw YAML, checked by pipeline.search
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class Grid:
     base: dict[str, Any]
     axes: dict[str, Any]
     presets: dict[str, Preset] = field(default_factory=dict)
+    search: dict[str, Any] | None = None  # a search grid (pipeline.search): sampled spaces instead of axes
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class Cell:
     config: TrainConfig
     hash: str
     label: dict[str, Any]
+    tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (search grids: space, searcher, ...)
 
     @property
     def run_name(self) -> str:
@@ -118,14 +125,14 @@ def find_grid(spec: str) -> Path:
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or os.sep in spec:
         if not path.is_file():
-            raise GridError(f"grid {spec!r}: no such file")
+            raise GridError(f"grid {quote(spec)}: no such file")
         return path
     for candidate in builtin_grids():
         stem = candidate.stem
         if spec == stem or spec == stem.split("_", 1)[0]:
             return candidate
     names = ", ".join(p.stem.split("_", 1)[0] for p in builtin_grids())
-    raise GridError(f"grid {spec!r}: unknown grid (allowed: {names}, their full names, or a grid file path)")
+    raise GridError(f"grid {quote(spec)}: unknown grid (allowed: {names}, their full names, or a grid file path)")
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -138,14 +145,16 @@ def load_grid(path: str | Path) -> Grid:
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise GridError(f"{path}: cannot read grid file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise GridError(f"{path}: not a UTF-8 text file (byte {exc.start}); expected a YAML grid file") from None
     except yaml.YAMLError as exc:
-        raise GridError(f"{path}: not valid YAML ({exc})") from None
+        raise GridError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     where = str(path)
     if not isinstance(data, dict):
-        raise GridError(f"{where}: expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}, got {data!r}")
+        raise GridError(f"{where}: expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}, got {quote(data)}")
     _check_keys(data, TOP_LEVEL_KEYS, where, "")
     for key in ("name", "experiment", "presets"):
         if key not in data:
@@ -153,16 +162,16 @@ def load_grid(path: str | Path) -> Grid:
     for key in ("name", "experiment"):
         if not isinstance(data[key], str) or not _NAME.match(data[key]):
             raise GridError(f"{where}: {key}: expected a non-empty string of letters, digits, '_', '.', '-', "
-                            f"got {data[key]!r}")
+                            f"got {quote(data[key])}")
     description = data.get("description") or ""
     if not isinstance(description, str):
-        raise GridError(f"{where}: description: expected a string, got {description!r}")
+        raise GridError(f"{where}: description: expected a string, got {quote(description)}")
     base = _section(data.get("base"), where, "base")
     axes = _axes_mapping(data.get("axes"), where, "axes")
     presets_raw = data["presets"]
     if not isinstance(presets_raw, dict) or not presets_raw:
         raise GridError(f"{where}: presets: expected a non-empty mapping of preset name -> {{base, axes}}, "
-                        f"got {presets_raw!r}")
+                        f"got {quote(presets_raw)}")
     presets: dict[str, Preset] = {}
     for preset_name, raw in presets_raw.items():
         key = f"presets.{preset_name}"
@@ -170,15 +179,20 @@ def load_grid(path: str | Path) -> Grid:
             raise GridError(f"{where}: {key}: a preset name is letters, digits, '_', '.', '-'")
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
-            raise GridError(f"{where}: {key}: expected a mapping with keys {', '.join(PRESET_KEYS)}, got {raw!r}")
+            raise GridError(f"{where}: {key}: expected a mapping with keys {', '.join(PRESET_KEYS)}, got {quote(raw)}")
         _check_keys(raw, PRESET_KEYS, where, key + ".")
         preset_axes = _axes_mapping(raw.get("axes"), where, f"{key}.axes", allow_null=True)
         presets[preset_name] = Preset(
             base=_section(raw.get("base"), where, f"{key}.base"),
             axes=preset_axes,
             description=str(raw.get("description") or ""),
+            search=raw.get("search"),
         )
-    grid = Grid(path, data["name"], data["experiment"], description, base, axes, presets)
+    grid = Grid(path, data["name"], data["experiment"], description, base, axes, presets, data.get("search"))
+    if grid.search is not None or any(p.search is not None for p in presets.values()):
+        from pipeline.search import check_search  # a search grid: its own schema, checked at load like axes
+
+        check_search(grid)
     for preset_name in presets:  # axis shapes of every preset, so a typo in any preset is caught at once
         _axes_for(grid, preset_name)
     return grid
@@ -195,7 +209,7 @@ def _section(raw: Any, where: str, key: str) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise GridError(f"{where}: {key}: expected a mapping of TrainConfig fields, got {raw!r}")
+        raise GridError(f"{where}: {key}: expected a mapping of TrainConfig fields, got {quote(raw)}")
     try:
         return flatten_dict(raw)
     except ConfigError as exc:
@@ -206,13 +220,13 @@ def _axes_mapping(raw: Any, where: str, key: str, allow_null: bool = False) -> d
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise GridError(f"{where}: {key}: expected a mapping of axis name -> list of values, got {raw!r}")
+        raise GridError(f"{where}: {key}: expected a mapping of axis name -> list of values, got {quote(raw)}")
     for name, values in raw.items():
         if values is None and allow_null:
             continue
         if not isinstance(values, list) or not values:
             removal = " (or null to remove the grid's axis)" if allow_null else ""
-            raise GridError(f"{where}: {key}.{name}: expected a non-empty list of values{removal}, got {values!r}")
+            raise GridError(f"{where}: {key}.{name}: expected a non-empty list of values{removal}, got {quote(values)}")
     return dict(raw)
 
 
@@ -246,7 +260,7 @@ def _parse_axis(name: Any, values: list[Any], where: str, key: str) -> Axis:
             raise GridError(
                 f"{where}: {key}.{name}: '{name}' is not a TrainConfig field (top-level fields: {top}), so it is "
                 f"read as a zipped axis, whose values must be non-empty {{field: value}} mappings; item {i} is "
-                f"{value!r}"
+                f"{quote(value)}"
             )
         try:
             flat = flatten_dict(value)
@@ -318,6 +332,11 @@ def expand(
             raise GridError(f"{where}: --set {name}: is set by the grid's axis {axis_fields[name]!r}; "
                             f"change the grid file (or a copy of it) instead")
         base[name] = value
+    if grid.search is not None:  # a search grid's cells are its random pools (pipeline.search)
+        from pipeline.search import pool_cells
+
+        return pool_cells(grid, preset, base, lambda flat, label, tags: make_cell(grid, flat, label, where,
+                                                                                  check_paths, tags))
     cells: list[Cell] = []
     seen: dict[str, dict[str, Any]] = {}
     for combo in itertools.product(*(axis.values for axis in axes)):
@@ -325,21 +344,12 @@ def expand(
         flat = dict(base)
         for choice in combo:
             flat.update(choice)
-        try:
-            flat = {name: _expand_env(value, name) for name, value in flat.items()}
-            config = resolve(from_flat(flat))
-        except ConfigError as exc:
-            cell = f" cell {label}" if label else ""
-            raise GridError(f"{where}:{cell}: {exc}") from None
-        if check_paths:
-            _check_paths(config, where)
-        _check_sizes(config, where)
-        digest = config_hash(config)
-        if digest in seen:
-            raise GridError(f"{where}: cells {seen[digest]} and {label} resolve to the same config "
-                            f"(config_hash {digest}); remove one or make an axis tell them apart")
-        seen[digest] = label
-        cells.append(Cell(grid.name, grid.experiment, config, digest, label))
+        cell = make_cell(grid, flat, label, where, check_paths)
+        if cell.hash in seen:
+            raise GridError(f"{where}: cells {seen[cell.hash]} and {label} resolve to the same config "
+                            f"(config_hash {cell.hash}); remove one or make an axis tell them apart")
+        seen[cell.hash] = label
+        cells.append(cell)
     return with_step1_cells(cells)
 
 
@@ -357,6 +367,21 @@ def with_step1_cells(cells: list[Cell]) -> list[Cell]:
                 out.append(Cell(cell.grid, cell.experiment, step1, digest, {**cell.label, "stage": "step1"}))
         out.append(cell)
     return out
+
+
+def make_cell(grid: Grid, flat: dict[str, Any], label: dict[str, Any], where: str, check_paths: bool = True,
+              tags: dict[str, str] | None = None) -> Cell:
+    """One cell from dotted overrides: environment expanded, resolved, checked and hashed (GridError if invalid)."""
+    try:
+        flat = {name: _expand_env(value, name) for name, value in flat.items()}
+        config = resolve(from_flat(flat))
+    except ConfigError as exc:
+        cell = f" cell {label}" if label else ""
+        raise GridError(f"{where}:{cell}: {exc}") from None
+    if check_paths:
+        _check_paths(config, where)
+    _check_sizes(config, where)
+    return Cell(grid.name, grid.experiment, config, config_hash(config), label, dict(tags or {}))
 
 
 def _label_value(axis: Axis, choice: dict[str, Any]) -> Any:
