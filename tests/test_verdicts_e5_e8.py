@@ -5,6 +5,7 @@ modules read, and per-epoch curves where a module reads them."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -17,10 +18,17 @@ from bnn.config import config_hash, flatten, from_flat, resolve
 _counter = itertools.count()
 
 
+@functools.lru_cache(maxsize=None)
+def _resolved(items: tuple) -> tuple[dict, str, int]:
+    config = resolve(from_flat(dict(items)))
+    return flatten(config), config_hash(config), config.epochs
+
+
 def run_row(experiment: str, acc: float, status: str = "FINISHED", preset: str = "cpu", **overrides) -> dict:
     """One runs.parquet row: the resolved config of ``overrides`` and the accuracy columns, all at ``acc``."""
-    config = resolve(from_flat({"data.name": "digits", **{k.replace("__", "."): v for k, v in overrides.items()}}))
-    row = flatten(config)
+    flat = {"data.name": "digits", **{k.replace("__", "."): v for k, v in overrides.items()}}
+    resolved, digest, epochs = _resolved(tuple(sorted(flat.items())))
+    row = dict(resolved)
     row["model.hidden"] = tuple(row["model.hidden"])
     index = next(_counter)
     row.update(
@@ -30,14 +38,14 @@ def run_row(experiment: str, acc: float, status: str = "FINISHED", preset: str =
         status=status,
         run_id=f"r{index:05d}",
         end_time=float(index),
-        config_hash=config_hash(config),
+        config_hash=digest,
         code_version="test",
         **{"model.label": "mlp " + "-".join(map(str, row["model.hidden"]))},
         final_test_acc=acc,
         final_val_acc=acc,
         best_val_acc=acc,
         test_acc_at_best_val=acc,
-        best_val_epoch=config.epochs,
+        best_val_epoch=epochs,
         best_test_acc=acc,
     )
     return row
@@ -168,3 +176,96 @@ def test_e6_pair_apart_and_flips_rise_not_supported():
 def test_e6_one_seed_inconclusive():
     verdicts = e6.verdicts(e6_experiment(lambda o, s: 0.8, lambda o, s: 0.01, seeds=1))
     assert [v.verdict for v in verdicts] == ["inconclusive", "inconclusive"]
+
+
+# ---- E7: AdamW and its filter twin ----------------------------------------------------------------------------
+ADAMW = dict(binary_opt__name="adam", binary_opt__lr=1e-3, binary_opt__decay_mode="decoupled",
+             binary_opt__weight_decay=10.0)
+TWIN = dict(binary_opt__name="filter", binary_opt__alpha=1e-2, binary_opt__gamma=0.1)
+ADAM_L2 = dict(ADAMW, binary_opt__decay_mode="l2")
+
+
+def e7_experiment(adamw, twin, seeds=3, noise=NOISE) -> Experiment:
+    rows = []
+    for acc, opt in ((adamw, ADAMW), (twin, TWIN), (0.6, ADAM_L2)):
+        rows += [run_row("e7", acc + noise[s], seed=s, **opt) for s in range(seeds)]
+    return experiment_of("e7", rows)
+
+
+def test_e7_adamw_equal_to_its_twin_supported():
+    assert only(e7.verdicts(e7_experiment(0.8, 0.8))) == "supported"
+
+
+def test_e7_adamw_far_from_its_twin_not_supported():
+    assert only(e7.verdicts(e7_experiment(0.8, 0.7))) == "not supported"
+
+
+def test_e7_one_seed_or_noisy_pairs_or_no_twin_inconclusive():
+    assert only(e7.verdicts(e7_experiment(0.8, 0.8, seeds=1))) == "inconclusive"
+    rows = [r for r in e7_experiment(0.8, 0.8).runs.to_dict("records") if r["binary_opt.name"] == "adam"]
+    assert only(e7.verdicts(experiment_of("e7", [{k: v for k, v in r.items() if k != "cell"} for r in rows]))) == "inconclusive"
+    # the twin's seeds scatter: paired differences -4.2, 0, +4.2 pp, an interval that straddles the margin
+    experiment = e7_experiment(0.8, 0.8)
+    twin = experiment.runs["binary_opt.name"] == "filter"
+    experiment.runs.loc[twin, "final_test_acc"] = [0.84, 0.8, 0.76]
+    assert only(e7.verdicts(experiment)) == "inconclusive"
+
+
+# ---- E8: the filter against the best baseline ----------------------------------------------------------------
+OPTIMIZERS = {
+    "adam": dict(binary_opt__name="adam", binary_opt__lr=1e-3),
+    "sgd": dict(binary_opt__name="sgd", binary_opt__lr=0.1, binary_opt__momentum=0.9, binary_opt__weight_decay=5e-4),
+    "bop": dict(binary_opt__name="bop", binary_opt__gamma=1e-4, binary_opt__threshold=1e-8),
+    "filter": dict(binary_opt__name="filter", binary_opt__alpha=1e-3, binary_opt__gamma=0.1),
+    "frozen": dict(binary_opt__name="frozen"),
+}
+
+
+def e8_experiment(accs: dict[str, float], seeds=3, data="digits") -> Experiment:
+    rows = [
+        run_row("e8", accs[name] + NOISE[s], seed=s, data__name=data, **OPTIMIZERS[name])
+        for name in accs
+        for s in range(seeds)
+    ]
+    return experiment_of("e8", rows)
+
+
+def test_e8_filter_level_with_the_best_baseline_supported():
+    accs = {"adam": 0.80, "sgd": 0.75, "bop": 0.7, "filter": 0.799, "frozen": 0.3}
+    assert only(e8.verdicts(e8_experiment(accs))) == "supported"
+
+
+def test_e8_filter_far_below_the_best_baseline_not_supported():
+    accs = {"adam": 0.70, "sgd": 0.80, "bop": 0.7, "filter": 0.75, "frozen": 0.3}
+    verdict = e8.verdicts(e8_experiment(accs))[0]
+    assert verdict.verdict == "not supported" and "latent SGD" in verdict.statistic
+    assert verdict.value == pytest.approx(-0.05)
+
+
+def test_e8_baseline_chosen_on_validation_not_test():
+    experiment = e8_experiment({"adam": 0.80, "sgd": 0.70, "filter": 0.75})
+    sgd = experiment.runs["binary_opt.name"] == "sgd"
+    experiment.runs.loc[sgd, "final_val_acc"] = 0.9  # sgd wins on validation though it loses on test
+    verdict = e8.verdicts(experiment)[0]
+    assert verdict.verdict == "supported" and "latent SGD" in verdict.statistic
+
+
+def test_e8_one_seed_or_missing_filter_inconclusive():
+    accs = {"adam": 0.80, "filter": 0.80}
+    assert only(e8.verdicts(e8_experiment(accs, seeds=1))) == "inconclusive"
+    assert only(e8.verdicts(e8_experiment({"adam": 0.8, "frozen": 0.3}))) == "inconclusive"
+
+
+# ---- analyse() draws from doctored runs (points without bars for n = 1) and carries the verdicts ---------------
+# (every module's figure is also drawn in tests/test_analysis.py from the generated set; two suffice here)
+def test_analyse_draws_and_carries_the_verdicts(tmp_path):
+    sections = [
+        e7.analyse(e7_experiment(0.8, 0.8, seeds=1), tmp_path),  # n = 1: points without bars, verdict inconclusive
+        e8.analyse(e8_experiment({"adam": 0.8, "filter": 0.8, "frozen": 0.3}), tmp_path, tmp_path),
+    ]
+    for section, expected in zip(sections, (["inconclusive"], ["supported"])):
+        assert [v.verdict for v in section.verdicts] == expected, section.key
+        png = section.figures[0]
+        assert png.suffix == ".png" and png.stat().st_size > 10_000, section.key
+    assert "frozen control" in (tmp_path / "e8_optimizers.md").read_text()
+    assert any("(n=1)" in finding for finding in sections[0].findings)

@@ -176,7 +176,7 @@ def draw(stats: pd.DataFrame, chosen: pd.Series, control: pd.DataFrame, out_dir:
             fill=False, edgecolor="red", linewidth=2.5,
         )
     )
-    ax.set_title("test mean ± 95 % CI (n); red box: cell chosen on validation")
+    ax.set_title("test mean ± 95 % CI, n\nred box: cell chosen on validation")
     ax.set_xlabel("alpha (log)")
     ax.set_ylabel("gamma (log)")
     colors = plotting.plt.cm.viridis(np.linspace(0, 0.9, len(gammas)))

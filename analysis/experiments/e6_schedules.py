@@ -176,26 +176,31 @@ def draw(
     out_dir: Path,
     caption: str,
 ) -> list[Path]:
-    panels = 3 if found else 2
-    fig, axes = plotting.figure(panels, 1, TITLE)
-    flip_ax, acc_ax = axes[0][0], axes[0][1]
     schedules = ordered(list(runs[SCHEDULE].unique()))
     optimizers = sorted(runs[OPTIMIZER].unique())
+    curves = {}
     for optimizer in optimizers:
-        style = "--" if optimizer == "filter" else "-"
         for name in schedules:
             ids = runs.loc[(runs[SCHEDULE] == name) & (runs[OPTIMIZER] == optimizer), "run_id"]
             curve = intervals.epoch_intervals(experiment.curves, ids, "flip_ratio")
-            if curve.empty:
-                continue
-            n = int(curve["n"].max())
+            if len(curve) and np.isfinite(curve["mean"]).any():
+                curves[(optimizer, name)] = curve
+    if not curves:
+        experiment.notices.append("no flip-ratio curves for these runs: no flips panel")
+    fig, axes = plotting.figure(bool(curves) + 1 + bool(found), 1, TITLE)
+    acc_ax = axes[0][1 if curves else 0]
+    if curves:
+        flip_ax = axes[0][0]
+        for (optimizer, name), curve in curves.items():
+            label = f"{name}, {plotting.OPTIMIZER_LABELS.get(optimizer, optimizer)} (n={int(curve['n'].max())})"
+            style = "--" if optimizer == "filter" else "-"
             plotting.band(flip_ax, curve["epoch"], curve["mean"], curve["ci"], color=COLORS.get(name),
-                          linestyle=style, label=f"{name}, {plotting.OPTIMIZER_LABELS.get(optimizer, optimizer)} (n={n})")
-    plotting.log_axis(flip_ax, "y")
-    plotting.epoch_axis(flip_ax)
-    flip_ax.set_ylabel("flip ratio (fraction of weights / step)")
-    flip_ax.set_title("flips per epoch (band: 95 % CI)")
-    flip_ax.legend(fontsize=6)
+                          linestyle=style, label=label)
+        plotting.log_axis(flip_ax, "y")
+        plotting.epoch_axis(flip_ax)
+        flip_ax.set_ylabel("flip ratio (fraction of weights / step)")
+        flip_ax.set_title("flips per epoch (band: 95 % CI)")
+        flip_ax.legend(fontsize=6)
     x = np.arange(len(schedules))
     width = 0.8 / max(len(optimizers), 1)
     for k, optimizer in enumerate(optimizers):
@@ -212,7 +217,7 @@ def draw(
     acc_ax.set_title("final accuracy, mean ± 95 % CI")
     acc_ax.legend(fontsize=6.5)
     if found:
-        pair_ax = axes[0][2]
+        pair_ax = axes[0][-1]
         names = list(found)
         intervals.points(pair_ax, range(len(names)), [found[s].mean for s in names], [found[s].half for s in names],
                          [found[s].n for s in names], color="black")

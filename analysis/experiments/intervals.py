@@ -17,7 +17,13 @@ FROZEN_COLOR = "0.45"
 
 
 def points(
-    ax: Axes, x: Sequence[float], means: Sequence[float], halves: Sequence[float], ns: Sequence[int], **kwargs: Any
+    ax: Axes,
+    x: Sequence[float],
+    means: Sequence[float],
+    halves: Sequence[float],
+    ns: Sequence[int],
+    marker: str = "o",
+    **kwargs: Any,
 ) -> None:
     """Means with 95 % interval bars (percent); a point with n = 1 is drawn hollow, without a bar, marked n=1."""
     x, means, halves = (np.asarray(v, dtype=float) for v in (x, means, halves))
@@ -26,13 +32,13 @@ def points(
     color = kwargs.pop("color", None)
     label = kwargs.pop("label", None)
     line = ax.errorbar(
-        x[has_bar], 100 * means[has_bar], yerr=100 * halves[has_bar], fmt="o", ms=4, capsize=2, color=color,
+        x[has_bar], 100 * means[has_bar], yerr=100 * halves[has_bar], fmt=marker, ms=4, capsize=2, color=color,
         label=label, **kwargs,
     )
     color = line[0].get_color()
     single = ~has_bar & np.isfinite(means)
     if single.any():
-        ax.plot(x[single], 100 * means[single], "o", ms=5, mfc="white", color=color,
+        ax.plot(x[single], 100 * means[single], marker, ms=5, mfc="white", color=color,
                 label=None if has_bar.any() else label)
     for xi, mi, ni in zip(x, means, ns):
         if math.isfinite(mi):
