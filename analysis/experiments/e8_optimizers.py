@@ -183,6 +183,8 @@ def analyse(experiment: Experiment, out_dir: Path, tables_dir: Path) -> Section:
         else:
             text += "no filter-against-baseline comparison (one side absent)"
         frozen = runs[runs["binary_opt.name"] == "frozen"]
+        if frozen.empty:  # no control in this grid: the frozen runs of the same preset and context elsewhere
+            frozen = experiment.control(dataset, model)
         if len(frozen) and len(filt):
             gap = paired(filt, frozen, ACC)
             text += (
