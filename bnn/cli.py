@@ -45,9 +45,15 @@ def train_main(argv: list[str]) -> int:
                         help="stop once this many epochs are done; resume later with --checkpoint-dir")  # fmt: skip
     parser.add_argument("--metrics-out", type=Path, help="write every epoch's metrics here as JSON lines")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="same as --set deterministic=true: deterministic CUDA kernels (no-op on the CPU)")
+    parser.add_argument("--init-from", type=Path, metavar="STATE_PT",
+                        help="stage step2: the step-1 run's state.pt (its --checkpoint-dir) to start from")
     args = parser.parse_args(argv)
     try:
         overrides = dict(parse_override(text) for text in args.overrides)
+        if args.deterministic:
+            overrides["deterministic"] = True
         config = load_yaml(args.config, overrides) if args.config else from_flat(overrides, TrainConfig())
         config = resolve(config)
     except ConfigError as exc:
@@ -73,7 +79,7 @@ def train_main(argv: list[str]) -> int:
             metrics_file.flush()
 
     try:
-        train(config, report, args.checkpoint_dir, args.stop_after)
+        train(config, report, args.checkpoint_dir, args.stop_after, init_from=args.init_from)
     except (ConfigError, DatasetError) as exc:
         return _fail(str(exc))
     finally:

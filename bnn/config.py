@@ -30,8 +30,10 @@ class ModelConfig:
     # mlp only. "binary" (BinaryNet style: real pixels x binary weights) makes the binary weights carry the
     # accuracy: frozen at init they score far below trained (paper.md section 6); "real" keeps in->h[0] real.
     first_layer: Literal["binary", "real"] = "binary"
-    # Identity keeps dL/dw = dL/db, which the latent<->filter equivalence needs; "clipped" is larq's ste_sign.
-    weight_ste: Literal["identity", "clipped"] = "identity"
+    # Identity keeps dL/dw = dL/db, which the latent<->filter equivalence needs; "clipped" is larq's ste_sign;
+    # "reactnet" is the official code's step-2 HardBinaryConv: mean|w| scaling built in (detached), clamp estimator
+    # with the gradient not multiplied by the scale (bnn/layers.py). Binary weights (bop, filter) ignore it.
+    weight_ste: Literal["identity", "clipped", "reactnet"] = "identity"
     activation_ste: Literal["bireal", "clipped"] = "bireal"
     scaling: bool = False  # per-output-channel mean|w| scaling (latent weights only)
     teacher_path: str | None = None  # reactnet_a: torchvision ResNet-34 state_dict for distillation
@@ -123,6 +125,15 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
+    # CUDA only (a no-op on the CPU, whose kernels are deterministic already): torch deterministic algorithms,
+    # CUBLAS_WORKSPACE_CONFIG=:4096:8, cuDNN benchmark off. Cost: the convolution algorithms cuDNN would pick by
+    # benchmarking are given up, and cuBLAS keeps a fixed 8 x 4 MiB workspace; the slowdown is model-dependent and
+    # could not be measured on the CPU-only machine that wrote this (benchmarks/gpu_check.sh measures it on a GPU).
+    deterministic: bool = False
+    # Two-step training of the latent baselines (paper.md section 4): step1 trains real weights with binary
+    # activations; step2 (both binary) starts from the step-1 run of the same config with stage step1
+    # (bnn.train's init_from). The filter and Bop train in one step ("single").
+    stage: Literal["single", "step1", "step2"] = "single"
 
 
 # --- allowed ranges: (predicate, description); checked on every config, resolved or not -----------------
@@ -369,6 +380,9 @@ def resolve(config: TrainConfig) -> TrainConfig:
     bop: gamma None -> 1e-4 (Helwegen et al.'s default adaptivity rate).
     """
     opt = config.binary_opt
+    if config.stage != "single" and opt.name not in ("sgd", "adam"):
+        raise ConfigError(f"stage: {config.stage!r} is for the latent baselines (binary_opt sgd or adam); "
+                          f"{opt.name} trains in one step (stage 'single')")  # fmt: skip
     if opt.name == "filter":
         if opt.alpha is None:
             if opt.gamma is not None:
@@ -398,6 +412,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
     resolved = replace(config, binary_opt=opt)
     _check_ranges(resolved)
     return resolved
+
+
+def step1_config(config: TrainConfig) -> TrainConfig:
+    """The step-1 run a step-2 config starts from: the same config with stage step1 (so no path is in a config)."""
+    if config.stage != "step2":
+        raise ConfigError(f"stage: only a 'step2' config has a step-1 run, got {config.stage!r}")
+    return replace(config, stage="step1")
 
 
 def canonical_json(config: TrainConfig) -> str:

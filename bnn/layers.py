@@ -5,6 +5,12 @@ latent: ``weight`` is a real-valued latent weight; the forward pass uses sign(we
     latent SGD / Adam.
 binary: ``weight`` holds exactly -1 or +1 and is used as is, so its gradient is dL/db at b = +-1 with no
     clipping. Trained by Bop and the gradient filter, which flip signs instead of adding to magnitudes.
+real: ``weight`` is used as is, real-valued: step 1 of two-step training (binary activations, real weights).
+
+weight_ste "reactnet" is the latent path of the official code's step-2 ``HardBinaryConv``
+(jorisquist/Understanding-WM-HP-in-BNNs, imagenet/step2/reactnet.py): forward mean|w| * sign(w) per output
+channel with the scale detached, backward the gradient of clamp(w, -1, 1), i.e. dL/dw = dL/db where |w| <= 1
+and 0 elsewhere, *not* multiplied by the scale. Its scaling is built in, so ``scaling`` stays false with it.
 """
 
 from __future__ import annotations
@@ -15,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnn.binarize import sign_ste
+from bnn.binarize import sign, sign_ste
 
-WeightMode = Literal["latent", "binary"]
-WEIGHT_MODES = ("latent", "binary")
+WeightMode = Literal["latent", "binary", "real"]
+WEIGHT_MODES = ("latent", "binary", "real")
 
 
 class BinaryLayer(nn.Module):
@@ -34,19 +40,32 @@ class BinaryLayer(nn.Module):
             raise ValueError(f"weight_mode: expected one of {WEIGHT_MODES}, got {weight_mode!r}")
         if weight_mode == "binary" and scaling:
             raise ValueError("scaling: per-channel mean|w| scaling needs weight_mode='latent' (|b| = 1 always)")
+        if weight_ste == "reactnet" and scaling:
+            raise ValueError("model.scaling: leave false with weight_ste 'reactnet' (its scaling is built in)")
         self.weight_mode = weight_mode  # type: ignore[assignment]
         self.weight_ste = weight_ste
         self.scaling = scaling
 
     def binary_weight(self) -> torch.Tensor:
         """The weight the forward pass uses."""
-        if self.weight_mode == "binary":
+        if self.weight_mode != "latent":
             return self.weight
+        if self.weight_ste == "reactnet":
+            return reactnet_binary_weight(self.weight)
         w = sign_ste(self.weight, self.weight_ste)
         if self.scaling:
             dims = tuple(range(1, self.weight.dim()))
             w = w * self.weight.abs().mean(dim=dims, keepdim=True).detach()
         return w
+
+
+def reactnet_binary_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Forward mean|w| * sign(w) per output channel (scale detached); gradient that of clamp(w, -1, 1)."""
+    dims = tuple(range(1, weight.dim()))
+    scale = weight.detach().abs().mean(dim=dims, keepdim=True)
+    clipped = weight.clamp(-1.0, 1.0)
+    # Value scale * sign(w); autograd sees only ``clipped``, so the gradient is not multiplied by the scale.
+    return (scale * sign(weight.detach()) - clipped.detach()) + clipped
 
 
 class BinaryLinear(nn.Linear, BinaryLayer):

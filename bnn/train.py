@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnn.config import ConfigError, TrainConfig, canonical_json, resolve
+from bnn.config import ConfigError, TrainConfig, canonical_json, resolve, step1_config
 from bnn.data import load_data
 from bnn.flips import FlipTracker
 from bnn.layers import binary_layers, init_binary_weights, split_parameters
@@ -75,6 +75,28 @@ def filter_alpha(config: TrainConfig, lr: float) -> float:
     return math.nan
 
 
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def configure_determinism(enabled: bool, device: torch.device) -> None:
+    """TrainConfig.deterministic on CUDA: deterministic algorithms, a fixed cuBLAS workspace, no cuDNN benchmark.
+
+    A no-op on the CPU. Process-wide state, so it is set (or cleared) for every CUDA run: a Ray worker reused for
+    another trial must not keep the previous trial's setting. CUBLAS_WORKSPACE_CONFIG is only read at the first
+    cuBLAS call of a process: pipeline.runner puts it in the environment before Ray starts its workers, and here it
+    is set for a process that has not used cuBLAS yet. Ops without a deterministic CUDA kernel warn instead of
+    failing (AdaptiveAvgPool2d's backward in ResNet-20 / ReActNet-A: with output size 1 every input receives a
+    single addition, so it is deterministic in fact).
+    """
+    if device.type != "cuda":
+        return
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = enabled
+
+
 def initial_filter_state(config: TrainConfig, binary: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """binary_opt.state_init "latent": (m0, x0) = -(alpha*gamma/lr) w0 per weight, the state latent SGD at
     (lr, weight_decay = alpha*gamma/lr, momentum) is in after init w0 with a zero velocity (bnn.mapping)."""
@@ -89,10 +111,12 @@ class Run:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.device = pick_device(config.device)
+        configure_determinism(config.deterministic, self.device)
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
         torch.manual_seed(config.seed)
         self.data = load_data(config.data, self.device, self.dtype, config.seed)
-        weight_mode = weight_mode_for(config.binary_opt.name)
+        # Step 1 of two-step training: the binary layers use their real weights (binary activations only).
+        weight_mode = "real" if config.stage == "step1" else weight_mode_for(config.binary_opt.name)
         self.model: nn.Module = build_model(config.model, weight_mode, self.data.num_classes, self.data.input_shape)
         self.model.to(device=self.device, dtype=self.dtype)
         self.teacher = build_teacher(config.model, self.data.num_classes)
@@ -114,6 +138,19 @@ class Run:
         self.flips = FlipTracker([(name, layer.weight) for name, layer in binary_layers(self.model)])
         self.epoch = 0
         self.history: list[Metrics] = []
+
+    def start_from(self, step1_state: dict[str, Any]) -> None:
+        """Step 2: every model weight from step 1's finished checkpoint; optimizers start fresh (official code)."""
+        expected = canonical_json(step1_config(self.config))
+        if step1_state.get("config") != expected:
+            raise ConfigError("init_from: the checkpoint is not of this config's step-1 run (same config, stage "
+                              "step1)")  # fmt: skip
+        if step1_state["epoch"] != self.config.epochs:
+            raise ConfigError(f"init_from: step 1 stopped after {step1_state['epoch']} of {self.config.epochs} "
+                              "epochs; finish it first")  # fmt: skip
+        self.model.load_state_dict(step1_state["model"])
+        # Flip statistics count from the weights step 2 starts with.
+        self.flips = FlipTracker([(name, layer.weight) for name, layer in binary_layers(self.model)])
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -227,6 +264,7 @@ def train(
     report: ReportFn | None = None,
     checkpoint_dir: str | Path | None = None,
     stop_after: int | None = None,
+    init_from: str | Path | None = None,
 ) -> Metrics:
     """Train ``config`` for its epochs; return the last epoch's metrics.
 
@@ -234,11 +272,24 @@ def train(
     there atomically *before* calling ``report(metrics)``, so a reported epoch is always recoverable.
     ``stop_after``: stop once this many epochs are done (the schedule still spans ``config.epochs``), to be
     resumed later from ``checkpoint_dir``.
+    ``init_from``: stage step2 only, the ``state.pt`` of its finished step-1 run (ignored when resuming).
     """
     run = Run(resolve(config))
+    if init_from is not None and run.config.stage != "step2":
+        raise ConfigError(f"init_from: only a stage step2 run starts from a step-1 checkpoint (stage "
+                          f"{run.config.stage!r})")  # fmt: skip
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if directory is not None and (directory / CHECKPOINT_FILE).exists():
         run.load_state_dict(torch.load(directory / CHECKPOINT_FILE, map_location=run.device, weights_only=False))
+    elif run.config.stage == "step2":
+        if init_from is None:
+            raise ConfigError("init_from: stage step2 starts from its finished step-1 run's state.pt (wmhp train "
+                              "--init-from DIR/state.pt); none was given")  # fmt: skip
+        try:
+            state = torch.load(Path(init_from), map_location=run.device, weights_only=False)
+        except OSError as exc:
+            raise ConfigError(f"init_from: cannot read {init_from} ({exc.strerror or exc})") from None
+        run.start_from(state)
     last = run.config.epochs if stop_after is None else min(stop_after, run.config.epochs)
     while run.epoch < last:
         metrics = run.run_epoch()

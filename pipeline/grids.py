@@ -45,6 +45,7 @@ from bnn.config import (
     flatten_dict,
     from_flat,
     resolve,
+    step1_config,
 )
 from pipeline.cost import TRAIN_SIZES
 
@@ -339,7 +340,23 @@ def expand(
                             f"(config_hash {digest}); remove one or make an axis tell them apart")
         seen[digest] = label
         cells.append(Cell(grid.name, grid.experiment, config, digest, label))
-    return cells
+    return with_step1_cells(cells)
+
+
+def with_step1_cells(cells: list[Cell]) -> list[Cell]:
+    """Each stage-step2 cell preceded by its step-1 cell (the same config with stage step1), added when the grid
+    does not list it: two-step training is one grid cell to the user, two trials to the pipeline."""
+    present = {cell.hash for cell in cells}
+    out: list[Cell] = []
+    for cell in cells:
+        if cell.config.stage == "step2":
+            step1 = step1_config(cell.config)
+            digest = config_hash(step1)
+            if digest not in present:
+                present.add(digest)
+                out.append(Cell(cell.grid, cell.experiment, step1, digest, {**cell.label, "stage": "step1"}))
+        out.append(cell)
+    return out
 
 
 def _label_value(axis: Axis, choice: dict[str, Any]) -> Any:

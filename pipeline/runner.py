@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bnn.config import to_dict
+from bnn.config import config_hash, step1_config, to_dict
 from pipeline.cost import format_duration, trial_seconds
 from pipeline.grids import Cell, Grid, GridError, load_cells
 from pipeline.tracking import Tracker, create_sqlite_store, default_tracking_uri, sqlite_path
@@ -35,6 +35,9 @@ _RAY_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no per-trial json/csv/tensorboard files: MLflow has it all
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # checkpointing every epoch is intended
     "TUNE_PRINT_ALL_TRIAL_ERRORS": "1",
+    # Read at a process's first cuBLAS call, so it must be in the workers' environment from the start for
+    # TrainConfig.deterministic; harmless otherwise (a fixed 8 x 4 MiB cuBLAS workspace).
+    "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
 }
 LOCK_FILE = ".ablate.lock"
 
@@ -363,6 +366,22 @@ def _dry_run(
     wall = f"about {format_duration(total_s / slots)} wall at {slots} concurrent trials" if slots else \
         "wall time depends on the cluster's size (give --max-concurrent for an estimate)"
     print(f"estimate (rough cost model, one {device} per trial): {wall}", file=out)
+    _print_two_step(loaded, finished, out)
+
+
+def _print_two_step(loaded: list[tuple[Grid, list[Cell]]], finished: dict[str, Any], out: TextIO) -> None:
+    """The two-step cells in launch order: every step 1 (phase 1) before the step 2 that starts from it."""
+    cells = list({c.hash: c for _, grid_cells in loaded for c in grid_cells if c.config.stage != "single"}.values())
+    if not cells:
+        return
+    print("two-step cells, in launch order (phase 2 starts from phase 1's finished checkpoints):", file=out)
+    for phase, stage in ((1, "step1"), (2, "step2")):
+        for cell in (c for c in cells if c.config.stage == stage):
+            done = "done" if cell.hash in finished else "to run"
+            what = f"{cell.config.binary_opt.name} seed {cell.config.seed}"
+            if stage == "step2":
+                what += f", from {cell.grid}-{config_hash(step1_config(cell.config))}"
+            print(f"  phase {phase}  {stage}  {cell.run_name}  {done:<6}  {what}", file=out)
 
 
 # --- the Tune run ----------------------------------------------------------------------------------------
@@ -393,6 +412,25 @@ def _import_tune_side() -> None:
         pass
 
 
+def two_step_phases(targets: dict[str, list[Cell]]) -> list[dict[str, list[Cell]]]:
+    """Targets split into launch phases: everything but stage-step2 cells first, then the step2 cells, which
+    start from their step-1 runs' finished checkpoints (one phase when nothing is two-step)."""
+    first = {d: cells for d, cells in targets.items() if cells[0].config.stage != "step2"}
+    second = {d: cells for d, cells in targets.items() if cells[0].config.stage == "step2"}
+    return [phase for phase in (first, second) if phase]
+
+
+def _step1_checkpoints(storage: str, cells: dict[str, Cell]) -> dict[str, dict[str, str]]:
+    """For each step2 cell, the finished checkpoint its step-1 run left in Tune storage (absent when none)."""
+    step1 = {d: config_hash(step1_config(c.config)) for d, c in cells.items()}
+    found = find_resumable(storage, set(step1.values()))
+    return {
+        d: {"storage": storage, "path": found[h].path}
+        for d, h in step1.items()
+        if h in found and found[h].epochs == cells[d].config.epochs
+    }
+
+
 def _run_tune(
     plan: _Plan,
     writer: TrackingWriter,
@@ -405,6 +443,44 @@ def _run_tune(
     gpu: bool,
     out: TextIO,
 ) -> None:
+    status: dict[str, str] = {}
+    for index, targets in enumerate(two_step_phases(plan.targets)):
+        inits: dict[str, dict[str, str]] = {}
+        if index:  # step2 cells: only those whose step 1 finished can run
+            inits = _step1_checkpoints(summary.storage, {d: cells[0] for d, cells in targets.items()})
+            for digest in sorted(set(targets) - set(inits)):
+                print(f"  {targets[digest][0].run_name}: its step-1 run has no finished checkpoint in "
+                      f"{summary.storage}; not run", file=out, flush=True)
+                status[digest] = "FAILED"
+            targets = {d: cells for d, cells in targets.items() if d in inits}
+        if targets:
+            status.update(_run_phase(plan, targets, inits, index, writer, summary, gpus_per_trial, cpus_per_trial,
+                                     max_concurrent, max_failures, fault, gpu, out))  # fmt: skip
+    for stats in summary.grids:
+        for digest, entries in plan.targets.items():
+            if any(cell.grid == stats.name for cell in entries):
+                if status.get(digest) == "FINISHED":
+                    stats.finished += 1
+                else:
+                    stats.failed += 1
+
+
+def _run_phase(
+    plan: _Plan,
+    targets: dict[str, list[Cell]],
+    inits: dict[str, dict[str, str]],
+    phase: int,
+    writer: TrackingWriter,
+    summary: RunSummary,
+    gpus_per_trial: float,
+    cpus_per_trial: float,
+    max_concurrent: int | None,
+    max_failures: int,
+    fault: str | None,
+    gpu: bool,
+    out: TextIO,
+) -> dict[str, str]:
+    """One Tuner.fit over ``targets``; the final MLflow status per config hash."""
     import ray
     from ray import tune
 
@@ -413,7 +489,7 @@ def _run_tune(
 
     # Tune's ResultGrid looks for the per-trial result files that TUNE_DISABLE_AUTO_CALLBACK_LOGGERS turns off.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    targets, resumable = plan.targets, plan.resumable
+    resumable = plan.resumable
     cells = {digest: entries[0] for digest, entries in targets.items()}
     estimates = {d: _remaining_s(c, resumable, gpu) for d, c in cells.items()}
     order = sorted(cells, key=lambda d: -estimates[d])  # longest first: fewer stragglers at the end
@@ -423,6 +499,7 @@ def _run_tune(
             "grids": [cell.grid for cell in targets[digest]],
             "config": to_dict(cells[digest].config),
             "resume": {"storage": summary.storage, "path": resumable[digest].path} if digest in resumable else None,
+            "init": inits.get(digest),
         }
         for digest in order
     ]
@@ -446,7 +523,7 @@ def _run_tune(
             trial_dirname_creator=lambda t: f"{CELL_DIR_PREFIX}{t.config['cell']['hash']}",
         ),
         run_config=tune.RunConfig(
-            name=f"ablate-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            name=f"ablate-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}" + ("-step2" if phase else ""),
             storage_path=summary.storage,
             verbose=0,
             callbacks=[logger, progress],
@@ -458,15 +535,9 @@ def _run_tune(
     try:
         tuner.fit()
     finally:
-        summary.timings["fit_s"] = time.perf_counter() - fit
+        summary.timings["fit_s"] = summary.timings.get("fit_s", 0.0) + time.perf_counter() - fit
         logger.close_open_runs()
-    for stats in summary.grids:
-        for digest, entries in targets.items():
-            if any(cell.grid == stats.name for cell in entries):
-                if logger.status.get(digest) == "FINISHED":
-                    stats.finished += 1
-                else:
-                    stats.failed += 1
+    return {digest: logger.status.get(digest, "FAILED") for digest in targets}
 
 
 def _print_header(summary: RunSummary, killed: int, unique: int, out: TextIO) -> None:

@@ -160,7 +160,8 @@ def maybe_fault(spec: tuple[str, int] | None, digest: str, epoch: int) -> None:
 
 # --- the trainable ---------------------------------------------------------------------------------------
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable. ``config``: {"cell": {hash, config, resume}, "options": {threads, fault_once}}."""
+    """Tune function trainable. ``config``: {"cell": {hash, config, resume, init}, "options": {threads,
+    fault_once}}; ``init`` (stage step2): where the finished step-1 run's checkpoint lies, like ``resume``."""
     import torch
     from ray import tune
 
@@ -185,6 +186,11 @@ def run_trial(config: dict[str, Any]) -> None:
         elif cell.get("resume"):
             copy_checkpoint(cell["resume"], work)
         history = read_history(work)
+        init_from = None
+        if cell.get("init") and not (work / STATE_FILE).exists():
+            step1 = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-step1-", dir=work.parent))
+            copy_checkpoint(cell["init"], step1)
+            init_from = step1 / STATE_FILE
 
         def report(metrics: dict[str, float]) -> None:
             history.append(metrics)
@@ -192,7 +198,9 @@ def run_trial(config: dict[str, Any]) -> None:
             tune.report({"wmhp": metrics}, checkpoint=tune.Checkpoint.from_directory(str(work)))
             maybe_fault(fault, cell["hash"], int(metrics["epoch"]))
 
-        train(train_config, report=report, checkpoint_dir=work)
+        train(train_config, report=report, checkpoint_dir=work, init_from=init_from)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if init_from is not None:
+            shutil.rmtree(init_from.parent, ignore_errors=True)
 

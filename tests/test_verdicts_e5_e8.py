@@ -269,3 +269,10 @@ def test_analyse_draws_and_carries_the_verdicts(tmp_path):
         assert png.suffix == ".png" and png.stat().st_size > 10_000, section.key
     assert "frozen control" in (tmp_path / "e8_optimizers.md").read_text()
     assert any("(n=1)" in finding for finding in sections[0].findings)
+
+
+def test_e8_step1_runs_are_not_baselines():
+    experiment = e8_experiment({"adam": 0.8, "sgd": 0.95, "filter": 0.8})
+    experiment.runs["stage"] = np.where(experiment.runs["binary_opt.name"] == "sgd", "step1", "")
+    verdict = only(e8.verdicts(experiment))
+    assert verdict == "supported"  # against latent Adam: the step-1 sgd (real weights) is no baseline

@@ -62,9 +62,16 @@ def setting(row: pd.Series) -> str:
     return f"alpha {sci(row['binary_opt.alpha'])}, gamma {sci(row['binary_opt.gamma'])}"
 
 
+def binary_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that train a binary network: a step-1 run (real weights) is not one; only its step 2 is shown."""
+    if "stage" in runs.columns:
+        return runs[runs["stage"] != "step1"]
+    return runs
+
+
 def table(experiment: Experiment) -> pd.DataFrame:
     """One row per (dataset, model, optimizer cell): accuracies in percent, unrounded; references beside."""
-    runs = experiment.runs
+    runs = binary_runs(experiment.runs)
     final = cell_intervals(runs, GROUP, ACC)
     at_val = cell_intervals(runs, GROUP, AT_VAL)
     val = cell_intervals(runs, GROUP, VAL)
@@ -72,7 +79,7 @@ def table(experiment: Experiment) -> pd.DataFrame:
     rows = []
     for f, b, v in zip(final.itertuples(index=False), at_val.itertuples(index=False), val.itertuples(index=False)):
         row = dict(zip(GROUP, f[: len(GROUP)]))
-        refs = references_for(row["data.name"], row["binary_opt.name"])
+        refs = references_for(row["data.name"], row["binary_opt.name"], row["model.label"])
         rows.append(
             {
                 "dataset": row["data.name"],
@@ -136,7 +143,7 @@ def comparison(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, Interval
 
 def verdicts(experiment: Experiment) -> list[Verdict]:
     out = []
-    for (dataset, model), runs in experiment.runs.groupby(["data.name", "model.label"], sort=True):
+    for (dataset, model), runs in binary_runs(experiment.runs).groupby(["data.name", "model.label"], sort=True):
         claim = f"the filter matches or beats the best baseline ({dataset} · {model})"
         filt, base, diff, noise = comparison(runs)
         if filt.empty or base.empty:
@@ -168,11 +175,12 @@ def analyse(experiment: Experiment, out_dir: Path, tables_dir: Path) -> Section:
     md = markdown(frame)
     md_path.write_text(
         f"# {TITLE}\n\n{md}\n\n{experiment.caption()} · mean ± 95 % t-interval over seeds (n). "
-        f"References: {REFERENCES[0].source}.\n"
+        "References: analysis/reference.py (model, training steps and source of each), set beside results of "
+        "the same dataset and model only.\n"
     )
-    for (dataset, model), runs in experiment.runs.groupby(["data.name", "model.label"], sort=True):
+    for (dataset, model), runs in binary_runs(experiment.runs).groupby(["data.name", "model.label"], sort=True):
         filt, base, diff, noise = comparison(runs)
-        refs = [r for r in REFERENCES if r.dataset == dataset]
+        refs = references_for(dataset, model=model)
         text = f"{dataset} · {model}: "
         if len(filt) and len(base):
             baseline = LABELS.get(base["binary_opt.name"].iloc[0])
@@ -196,7 +204,7 @@ def analyse(experiment: Experiment, out_dir: Path, tables_dir: Path) -> Section:
         text += (
             f"; published: {', '.join(f'{r.what} {r.top1} %' for r in refs)}"
             if refs
-            else "; paper.md gives no reference number for this dataset"
+            else "; no published reference for this dataset and model"
         )
         section.findings.append(text)
     section.tables.append(md)
@@ -227,7 +235,7 @@ def draw(frame: pd.DataFrame, out_dir: Path, caption: str) -> list[Path]:
                 [row["seeds"]], color=color, marker="s", alpha=0.6,
             )
         ax.set_xticks(x, [o.replace(" ", "\n", 1) for o in group["optimizer"]])
-        for r in (r for r in REFERENCES if r.dataset == dataset):
+        for r in references_for(dataset, model=model):
             ax.axhline(r.top1, color="0.3", linestyle=":", linewidth=1)
             ax.text(x[-1] + 0.45, r.top1, f"{r.what}: {r.top1}", ha="right", va="bottom", fontsize=6.5, color="0.3")
         ax.set_ylabel(plotting.ACC_LABEL)

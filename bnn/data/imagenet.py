@@ -1,7 +1,8 @@
 """ImageNet (or any image-classification tree) from torchvision ImageFolder directories ``train/`` and ``val/``.
 
-Standard augmentations (paper.md section 4): RandomResizedCrop(224) + horizontal flip for training, Resize(256) +
-CenterCrop(224) for validation. Images are decoded in DataLoader workers. Determinism: the epoch's order comes
+Standard augmentations (paper.md section 4): RandomResizedCrop(224) + Lighting (PCA colour noise, alphastd 0.1,
+ImageNet's eigenvalues and eigenvectors as in the official code's imagenet/utils/utils.py) + horizontal flip for
+training, Resize(256) + CenterCrop(224) for validation. Images are decoded in DataLoader workers. Determinism: the epoch's order comes
 from (seed, epoch), and each example's augmentation from its own seed (seed, epoch, index), so the batches are the
 same whatever data.num_workers is and however often the run was resumed.
 """
@@ -25,16 +26,50 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 CROP = 224
 RESIZE = 256
+LIGHTING_STD = 0.1  # the official code's lighting_param
+# ImageNet RGB principal components (AlexNet; fb.resnet.torch; the official code's imagenet_pca).
+EIGVAL = (0.2175, 0.0188, 0.0045)
+EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+
+class Lighting:
+    """AlexNet-style PCA colour noise on a (3, H, W) tensor in [0, 1]: adds eigvec @ (a * eigval) to every pixel,
+    a ~ Normal(0, alphastd) per image, drawn from torch's RNG (seeded per example by SeededExamples).
+
+    The official code applies the same increment to the uint8 PIL image (values 0..255), where the cast back to
+    uint8 floors it away to a change of at most one grey level; this is the torchvision-style tensor version the
+    increment was designed for (fb.resnet.torch), applied before Normalize.
+    """
+
+    def __init__(self, alphastd: float = LIGHTING_STD) -> None:
+        self.alphastd = alphastd
+        self.eigval = torch.tensor(EIGVAL, dtype=torch.float64)
+        self.eigvec = torch.tensor(EIGVEC, dtype=torch.float64)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.alphastd == 0:
+            return image
+        alpha = torch.randn(3, dtype=torch.float64) * self.alphastd
+        increment = self.eigvec @ (alpha * self.eigval)
+        return image + increment.to(image.dtype).view(3, 1, 1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(alphastd={self.alphastd})"
 
 
 def transforms_for(train: bool) -> Callable[[Any], torch.Tensor]:
     from torchvision import transforms
 
     if train:
-        steps = [transforms.RandomResizedCrop(CROP), transforms.RandomHorizontalFlip()]
+        steps = [transforms.RandomResizedCrop(CROP), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                 Lighting()]  # fmt: skip
     else:
-        steps = [transforms.Resize(RESIZE), transforms.CenterCrop(CROP)]
-    return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+        steps = [transforms.Resize(RESIZE), transforms.CenterCrop(CROP), transforms.ToTensor()]
+    return transforms.Compose([*steps, transforms.Normalize(MEAN, STD)])
 
 
 def image_folder(directory: Path, train: bool) -> Any:
