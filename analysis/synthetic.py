@@ -105,7 +105,12 @@ def grids(size: Size) -> dict[str, list[dict[str, Any]]]:
         for s in seeds
     ] + [{**base, "binary_opt.name": "frozen", "seed": s} for s in seeds]  # the control
     e6 = [  # the exact pair: alpha = lr x wd = 1e-2, gamma 1 = 1 - momentum, filter from the mapped state
-        {"binary_opt.name": "filter", "binary_opt.alpha": 1e-2, "binary_opt.gamma": 1.0, "binary_opt.state_init": "latent"},
+        {
+            "binary_opt.name": "filter",
+            "binary_opt.alpha": 1e-2,
+            "binary_opt.gamma": 1.0,
+            "binary_opt.state_init": "latent",
+        },
         {"binary_opt.name": "sgd", "binary_opt.lr": 0.1, "binary_opt.momentum": 0.0, "binary_opt.weight_decay": 0.1},
     ]
     out["e6_schedules"] = [

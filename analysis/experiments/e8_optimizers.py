@@ -113,7 +113,9 @@ def markdown(frame: pd.DataFrame) -> str:
                 "model": frame["model"],
                 "optimizer": frame["optimizer"],
                 "setting": frame["setting"],
-                "last-epoch test acc (%)": cis(frame["final_test_acc_mean"], frame["final_test_acc_ci"], frame["seeds"]),
+                "last-epoch test acc (%)": cis(
+                    frame["final_test_acc_mean"], frame["final_test_acc_ci"], frame["seeds"]
+                ),
                 "test acc at epoch chosen on val (%)": cis(
                     frame["test_acc_at_best_val_mean"], frame["test_acc_at_best_val_ci"], frame["seeds"]
                 ),

@@ -33,7 +33,7 @@ def points(
     label = kwargs.pop("label", None)
     line = ax.errorbar(
         x[has_bar], 100 * means[has_bar], yerr=100 * halves[has_bar], fmt=marker, ms=4, capsize=2, color=color,
-        label=label, **kwargs,
+        label=label if has_bar.any() else None, **kwargs,
     )
     color = line[0].get_color()
     single = ~has_bar & np.isfinite(means)
