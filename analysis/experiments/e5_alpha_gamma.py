@@ -135,6 +135,9 @@ def analyse(experiment: Experiment, out_dir: Path) -> Section:
     ]
     for fixed, value in ((GAMMA, chosen[GAMMA]), (ALPHA, chosen[ALPHA])):
         diff, what = spread(runs, stats, fixed, value)
+        if diff.n == 0:
+            section.findings.append(f"at {fixed.split('.')[-1]} {plotting.sci(value)}: {what}, no spread to read")
+            continue
         section.findings.append(
             f"at {fixed.split('.')[-1]} {plotting.sci(value)}: {what} (chosen on validation), paired on test: "
             f"**{pp(diff.mean)}** ± {pp(diff.half)} (n={diff.n})"
