@@ -188,10 +188,10 @@ def draw(stats: pd.DataFrame, chosen: pd.Series, control: pd.DataFrame, out_dir:
         intervals.points(line_ax, line[ALPHA], line["mean"], line["ci"], line["n"], color=color,
                          label=f"gamma {plotting.sci(g)}")
         line_ax.plot(line[ALPHA], 100 * line["mean"], "-", color=color, linewidth=0.8)
-    intervals.control_band(line_ax, control)
+    has_control = intervals.control_band(line_ax, control) is not None
     plotting.log_axis(line_ax, "x")
     line_ax.set_xlabel("alpha (log)")
     line_ax.set_ylabel("final " + plotting.ACC_LABEL)
-    line_ax.set_title("per gamma; dotted band: frozen control")
+    line_ax.set_title("per gamma; dotted band: frozen control" if has_control else "per gamma (no frozen control)")
     line_ax.legend(fontsize=6.5)
     return plotting.save(fig, out_dir, NAME, caption + " · error bars and band: 95 % t-interval over seeds")
