@@ -18,6 +18,11 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         return int(exc.code or 0)
 
 
+def _os_error(exc: OSError, results_dir: Path) -> str:
+    where = exc.filename or results_dir
+    return f"{where}: {exc.strerror or exc} (check that --results-dir {results_dir} is a writable directory)"
+
+
 def collect_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="wmhp collect",
@@ -39,6 +44,9 @@ def collect_main(argv: list[str]) -> int:
     except (CollectError, MlflowException) as exc:
         print(f"wmhp collect: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable --results-dir, a full disk: the environment, not the input
+        print(f"wmhp collect: error: {_os_error(exc, args.results_dir)}", file=sys.stderr)
+        return 1
     import pyarrow.parquet as pq
 
     runs = pq.read_metadata(runs_path).num_rows
@@ -64,6 +72,9 @@ def figures_main(argv: list[str]) -> int:
     except (SchemaError, FiguresError) as exc:
         print(f"wmhp figures: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"wmhp figures: error: {_os_error(exc, args.results_dir)}", file=sys.stderr)
+        return 1
     figures = sorted({p.parent for p in written if p.suffix in (".png", ".pdf")})
     print(f"{len(written)} files written; figures in {', '.join(map(str, figures)) or '(none)'}")
     print(f"report: {args.results_dir / 'REPORT.md'}")

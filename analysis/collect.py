@@ -8,6 +8,7 @@ metric-history query per metric) and from the metric history only where the arti
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import math
 import re
@@ -80,6 +81,7 @@ def _check_store(uri: str) -> None:
         path = Path(unquote(uri[len("sqlite:///") :]))
         if not path.is_file():
             raise CollectError(f"--tracking-uri {uri}: no such database file {path} (run `wmhp ablate` first)")
+        _check_sqlite_store(path)
     elif uri.startswith(("http://", "https://")):
         # MLflow's client retries an unreachable server for minutes; one quick probe says it at once.
         import urllib.request
@@ -91,6 +93,22 @@ def _check_store(uri: str) -> None:
             raise CollectError(f"--tracking-uri {uri}: cannot reach the MLflow server ({exc})") from None
     elif not re.match(r"^(sqlite|postgresql|mysql|mssql|databricks)", uri):
         raise CollectError(f"--tracking-uri {uri}: expected sqlite:///PATH or http(s)://HOST:PORT")
+
+
+def _check_sqlite_store(path: Path) -> None:
+    """Refuse a file that is not an MLflow store, opened read-only: MLflow would write a fresh schema into an
+    empty file, and a garbage one ends in an SQLAlchemy traceback."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise CollectError(f"{path}: not a readable SQLite database ({exc}); point --tracking-uri at the "
+                           "mlflow.db that `wmhp ablate` wrote") from None
+    if not {"experiments", "runs", "alembic_version"} <= tables:
+        raise CollectError(f"{path}: not an MLflow store (no MLflow tables); point --tracking-uri at the "
+                           "mlflow.db that `wmhp ablate` wrote")
 
 
 def _wmhp_runs(client: Any) -> Iterator[tuple[str, Any]]:

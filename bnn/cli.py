@@ -50,6 +50,8 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--init-from", type=Path, metavar="STATE_PT",
                         help="stage step2: the step-1 run's state.pt (its --checkpoint-dir) to start from")
     args = parser.parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        return _fail(f"--stop-after: expected an int >= 1 (epochs to train before stopping), got {args.stop_after}")
     try:
         overrides = dict(parse_override(text) for text in args.overrides)
         if args.deterministic:

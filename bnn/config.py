@@ -23,6 +23,23 @@ class ConfigError(ValueError):
     """Bad user input in a config: the message names the field and what is allowed."""
 
 
+QUOTE_LIMIT = 200  # characters of an offending input an error message quotes (a 50 MB YAML list is not echoed)
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error on one line ("expected ..., line 3, column 19"), without the echoed source text."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"[:QUOTE_LIMIT]
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """repr(value), cut to ``limit`` characters with a note of how much was left out."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: Literal["mlp", "resnet20", "reactnet_a"] = "mlp"
@@ -52,14 +69,19 @@ class DataConfig:
     num_workers: int = 2  # imagenet DataLoader workers
 
 
+DEFAULT_FILTER = {"alpha": 1e-3, "gamma": 0.1}  # the filter setting of grids e6-e8: trains every preset
+
+
 @dataclass(frozen=True)
 class BinaryOptConfig:
     """Optimizer of the binary weights. Which fields apply depends on ``name``:
 
     sgd: lr, momentum, weight_decay (L2). adam: lr, beta1, beta2, eps, weight_decay, decay_mode.
     bop: gamma (Bop's adaptivity rate), threshold. filter: alpha, gamma, state_init; alpha None maps lr,
-    weight_decay and momentum exactly to (alpha, gamma) through bnn.mapping. frozen: the control, binary weights
-    stay at the signs of their init (real-valued parameters train as usual).
+    weight_decay and momentum exactly to (alpha, gamma) through bnn.mapping, or, with weight_decay 0 and gamma
+    None (the schema defaults: nothing to map from), takes DEFAULT_FILTER, so that a bare ``wmhp train`` trains a
+    sensible model. frozen: the control, binary weights stay at the signs of their init (real-valued parameters
+    train as usual).
     """
 
     name: Literal["sgd", "adam", "bop", "filter", "frozen"] = "filter"
@@ -163,7 +185,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "epochs": (lambda v: v >= 1, "an int >= 1"),
     "batch_size": (lambda v: v >= 1, "an int >= 1"),
     "eval_batch_size": (lambda v: v >= 1, "an int >= 1"),
-    "seed": (lambda v: v >= 0, "an int >= 0"),
+    "seed": (lambda v: 0 <= v < 2**63, "an int in [0, 2**63)"),  # torch.manual_seed's range
 }
 
 
@@ -231,7 +253,7 @@ def coerce(name: str, value: Any, tp: Any | None = None) -> Any:
     """Check ``value`` against the field's type and convert YAML quirks (``1e-3`` read as a string)."""
     tp = field_type(name) if tp is None else tp
     origin = get_origin(tp)
-    bad = ConfigError(f"{name}: expected {_type_name(tp)}, got {value!r}")
+    bad = ConfigError(f"{name}: expected {_type_name(tp)}, got {quote(value)}")
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -288,7 +310,7 @@ def _check_ranges(config: TrainConfig) -> None:
     flat = flatten(config)
     for name, (ok, allowed) in _RANGES.items():
         if not ok(flat[name]):
-            raise ConfigError(f"{name}: expected {allowed}, got {flat[name]!r}")
+            raise ConfigError(f"{name}: expected {allowed}, got {quote(flat[name])}")
 
 
 def from_flat(overrides: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
@@ -312,7 +334,7 @@ def from_dict(data: dict[str, Any], base: TrainConfig | None = None) -> TrainCon
 def flatten_dict(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested user dict -> dotted keys. Sections must be mappings; the schema decides what is a section."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {quote(data)}")
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"
@@ -345,11 +367,13 @@ def load_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> Trai
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}); expected a YAML config") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     try:
         config = from_dict(data)
         return from_flat(overrides or {}, config)
@@ -362,7 +386,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     import yaml
 
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key=value, e.g. binary_opt.alpha=1e-3")
+        raise ConfigError(f"override {quote(text)}: expected key=value, e.g. binary_opt.alpha=1e-3")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw)
@@ -376,7 +400,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill derived values so the config states everything a run does.
 
-    filter: alpha None -> (alpha, gamma) mapped exactly from (lr, weight_decay, momentum); gamma None -> 1.
+    filter: alpha None -> (alpha, gamma) mapped exactly from (lr, weight_decay, momentum), or DEFAULT_FILTER
+    when weight_decay is 0 and gamma None (nothing to map from); gamma None -> 1.
     bop: gamma None -> 1e-4 (Helwegen et al.'s default adaptivity rate).
     """
     opt = config.binary_opt
@@ -389,17 +414,16 @@ def resolve(config: TrainConfig) -> TrainConfig:
                 raise ConfigError(
                     "binary_opt.gamma: set alpha too, or leave both null to map them from lr, weight_decay and momentum"
                 )
-            if opt.weight_decay == 0:
-                raise ConfigError(
-                    "binary_opt.alpha: null maps alpha from lr * weight_decay, which needs binary_opt.weight_decay > 0"
-                )
-            from bnn.mapping import latent_to_filter
+            if opt.weight_decay == 0:  # nothing to map from (alpha = lr * weight_decay would be 0)
+                opt = replace(opt, **DEFAULT_FILTER)
+            else:
+                from bnn.mapping import latent_to_filter
 
-            try:
-                alpha, gamma = latent_to_filter(opt.lr, opt.weight_decay, opt.momentum)
-            except ValueError as exc:
-                raise ConfigError(f"binary_opt: {exc}") from None
-            opt = replace(opt, alpha=alpha, gamma=gamma)
+                try:
+                    alpha, gamma = latent_to_filter(opt.lr, opt.weight_decay, opt.momentum)
+                except ValueError as exc:
+                    raise ConfigError(f"binary_opt: {exc}") from None
+                opt = replace(opt, alpha=alpha, gamma=gamma)
         elif opt.gamma is None:
             opt = replace(opt, gamma=1.0)
     elif opt.name == "bop" and opt.gamma is None:

@@ -8,9 +8,13 @@ resumed after epoch k replays exactly the batches an uninterrupted run would hav
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
+import pickle
 import time
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +36,12 @@ from bnn.schedules import multiplier
 Metrics = dict[str, float]
 ReportFn = Callable[[Metrics], None]
 CHECKPOINT_FILE = "state.pt"
+log = logging.getLogger(__name__)
+
+
+class UnreadableCheckpoint(Exception):
+    """A checkpoint file that cannot be loaded without running code: truncated, garbage, or a pickle that would
+    construct objects other than tensors and plain containers (a planted payload). The message names the file."""
 
 # The per-epoch metrics every run reports, besides one "flips.<layer>" per binary layer.
 METRIC_NAMES = (
@@ -259,6 +269,60 @@ def _save_atomically(state: dict[str, Any], directory: Path) -> None:
     os.replace(tmp, directory / CHECKPOINT_FILE)
 
 
+def load_state(path: Path, map_location: Any = None) -> dict[str, Any]:
+    """A checkpoint's state, loaded with ``weights_only=True``: tensors, numbers, strings and containers only.
+
+    A checkpoint can come from shared storage that other machines write, so nothing in it may run code; every
+    value Run.state_dict writes is on torch's weights-only allowlist.
+    """
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a foreign pickle
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # a disallowed global, or bytes that are no pickle at all
+        raise UnreadableCheckpoint(f"{path}: refused, not a plain tensor checkpoint ({_unpickler_reason(exc)})") \
+            from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:  # truncated or corrupt
+        reason = str(exc).split(". ")[0][:200]
+        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or not {"config", "epoch", "history", "model"} <= state.keys():
+        raise UnreadableCheckpoint(f"{path}: not a wmhp training state")
+    return state
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The one informative line of torch's multi-paragraph weights-only refusal."""
+    text = str(exc)
+    _, marker, detail = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (detail if marker else text).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable checkpoint to ``<name>.corrupt-<UTC time>``: kept for inspection, never loaded again."""
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    os.replace(path, target)
+    return target
+
+
+def _resume(run: Run, config: TrainConfig, path: Path) -> Run:
+    """``run`` with the state at ``path`` loaded; a fresh Run when that file cannot be used (it is set aside)."""
+    try:
+        state = load_state(path, run.device)
+        if state["config"] != canonical_json(run.config):
+            raise ConfigError(f"checkpoint_dir: {path.parent} holds a checkpoint of a different config; "
+                              "use an empty directory")
+        try:
+            run.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise UnreadableCheckpoint(f"{path}: not a state of this run ({str(exc)[:200]})") from None
+        return run
+    except UnreadableCheckpoint as exc:
+        moved = set_aside(path)
+        log.warning("warning: %s; moved to %s, training starts from epoch 0", exc, moved.name)
+        return Run(config)
+
+
 def train(
     config: TrainConfig,
     report: ReportFn | None = None,
@@ -268,27 +332,31 @@ def train(
 ) -> Metrics:
     """Train ``config`` for its epochs; return the last epoch's metrics.
 
-    With ``checkpoint_dir``: resume from its ``state.pt`` when present, and after every epoch write the full state
+    With ``checkpoint_dir``: resume from its ``state.pt`` when present (one that cannot be loaded safely is renamed
+    ``state.pt.corrupt-<time>`` with a warning, and training starts afresh), and after every epoch write the full state
     there atomically *before* calling ``report(metrics)``, so a reported epoch is always recoverable.
     ``stop_after``: stop once this many epochs are done (the schedule still spans ``config.epochs``), to be
     resumed later from ``checkpoint_dir``.
     ``init_from``: stage step2 only, the ``state.pt`` of its finished step-1 run (ignored when resuming).
     """
-    run = Run(resolve(config))
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"stop_after: expected an int >= 1 (epochs to train before stopping), got {stop_after}")
+    config = resolve(config)
+    run = Run(config)
     if init_from is not None and run.config.stage != "step2":
         raise ConfigError(f"init_from: only a stage step2 run starts from a step-1 checkpoint (stage "
                           f"{run.config.stage!r})")  # fmt: skip
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if directory is not None and (directory / CHECKPOINT_FILE).exists():
-        run.load_state_dict(torch.load(directory / CHECKPOINT_FILE, map_location=run.device, weights_only=False))
-    elif run.config.stage == "step2":
+        run = _resume(run, config, directory / CHECKPOINT_FILE)
+    if run.epoch == 0 and run.config.stage == "step2":
         if init_from is None:
             raise ConfigError("init_from: stage step2 starts from its finished step-1 run's state.pt (wmhp train "
                               "--init-from DIR/state.pt); none was given")  # fmt: skip
         try:
-            state = torch.load(Path(init_from), map_location=run.device, weights_only=False)
-        except OSError as exc:
-            raise ConfigError(f"init_from: cannot read {init_from} ({exc.strerror or exc})") from None
+            state = load_state(Path(init_from), run.device)
+        except UnreadableCheckpoint as exc:
+            raise ConfigError(f"init_from: {exc}") from None
         run.start_from(state)
     last = run.config.epochs if stop_after is None else min(stop_after, run.config.epochs)
     while run.epoch < last:

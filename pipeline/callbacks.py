@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -17,7 +18,7 @@ from pipeline.cost import format_duration
 from pipeline.grids import Cell
 from pipeline.tracking import Tracker
 from pipeline.writer import TrackingWriter
-from pipeline.trial import STATE_FILE, fetch_file
+from pipeline.trial import RESTORED_KEY, STATE_FILE, fetch_file
 
 
 def cell_hash(trial: Any) -> str:
@@ -28,6 +29,7 @@ def cell_hash(trial: Any) -> str:
 class _TrialLog:
     digest: str
     history: dict[int, dict[str, float]] = field(default_factory=dict)
+    reported: bool = False  # the trial reported at least once (so it says which checkpoint it resumed from)
 
 
 class MlflowLogger(tune.Callback):
@@ -37,7 +39,9 @@ class MlflowLogger(tune.Callback):
     are queued on the launch's TrackingWriter. ``targets``: hash -> the cells of every grid that needs it
     (several when grids of one launch share a cell); ``experiment_ids``: grid -> MLflow experiment id, filled
     by the writer's set-up before any queued job runs; ``backfill``: hash -> epochs an earlier launch finished
-    (the trial resumes after them), logged first so that every run holds every epoch.
+    (the trial resumes after them). Which of them a run gets is decided by the trial's first report
+    (``RESTORED_KEY``: the history of the checkpoint it actually loaded, which is older or empty when the newest
+    one could not be loaded safely), so that every run holds every epoch of the state it ends with.
     """
 
     def __init__(
@@ -62,10 +66,8 @@ class MlflowLogger(tune.Callback):
         if trial.trial_id in self.trials:  # a retry restarts the same trial: same runs
             return
         digest = cell_hash(trial)
-        log = self.trials[trial.trial_id] = _TrialLog(digest)
-        earlier = self.backfill.get(digest, [])
-        log.history.update({int(row["epoch"]): row for row in earlier})
-        self.writer.submit(partial(self._start_runs, trial.trial_id, digest, earlier))
+        self.trials[trial.trial_id] = _TrialLog(digest)
+        self.writer.submit(partial(self._start_runs, trial.trial_id, digest, []))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._check_writer()
@@ -74,10 +76,19 @@ class MlflowLogger(tune.Callback):
         if metrics is None or log is None:
             return
         epoch = int(metrics["epoch"])
+        log.reported = True
+        if RESTORED_KEY in result:
+            self._backfill(trial.trial_id, log, json.loads(result[RESTORED_KEY]), epoch)
         if epoch in log.history:  # replayed after a retry from an older checkpoint: already logged
             return
         log.history[epoch] = metrics
         self.writer.submit(partial(self._log_epochs, trial.trial_id, [metrics]))
+
+    def _backfill(self, trial_id: str, log: _TrialLog, rows: list[dict[str, float]], before: int) -> None:
+        new = [row for row in rows if int(row["epoch"]) < before and int(row["epoch"]) not in log.history]
+        log.history.update({int(row["epoch"]): row for row in new})
+        if new:
+            self.writer.submit(partial(self._log_epochs, trial_id, new))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._end(trial, None)
@@ -101,6 +112,8 @@ class MlflowLogger(tune.Callback):
         if log is None:
             return
         epochs = trial.config["cell"]["config"]["epochs"]
+        if not log.reported and error is None:  # resumed from its last epoch's checkpoint: nothing left to train
+            self._backfill(trial.trial_id, log, self.backfill.get(log.digest, []), epochs + 1)
         history = [log.history[e] for e in sorted(log.history)]
         if error is None and sorted(log.history) != list(range(1, epochs + 1)):
             error = f"trial ended after epochs {sorted(log.history)} of {epochs}"

@@ -39,6 +39,8 @@ from bnn.config import (
     ConfigError,
     TrainConfig,
     coerce,
+    quote,
+    yaml_problem,
     config_hash,
     field_names,
     field_type,
@@ -118,14 +120,14 @@ def find_grid(spec: str) -> Path:
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or os.sep in spec:
         if not path.is_file():
-            raise GridError(f"grid {spec!r}: no such file")
+            raise GridError(f"grid {quote(spec)}: no such file")
         return path
     for candidate in builtin_grids():
         stem = candidate.stem
         if spec == stem or spec == stem.split("_", 1)[0]:
             return candidate
     names = ", ".join(p.stem.split("_", 1)[0] for p in builtin_grids())
-    raise GridError(f"grid {spec!r}: unknown grid (allowed: {names}, their full names, or a grid file path)")
+    raise GridError(f"grid {quote(spec)}: unknown grid (allowed: {names}, their full names, or a grid file path)")
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -138,14 +140,16 @@ def load_grid(path: str | Path) -> Grid:
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise GridError(f"{path}: cannot read grid file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise GridError(f"{path}: not a UTF-8 text file (byte {exc.start}); expected a YAML grid file") from None
     except yaml.YAMLError as exc:
-        raise GridError(f"{path}: not valid YAML ({exc})") from None
+        raise GridError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     where = str(path)
     if not isinstance(data, dict):
-        raise GridError(f"{where}: expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}, got {data!r}")
+        raise GridError(f"{where}: expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}, got {quote(data)}")
     _check_keys(data, TOP_LEVEL_KEYS, where, "")
     for key in ("name", "experiment", "presets"):
         if key not in data:
@@ -153,16 +157,16 @@ def load_grid(path: str | Path) -> Grid:
     for key in ("name", "experiment"):
         if not isinstance(data[key], str) or not _NAME.match(data[key]):
             raise GridError(f"{where}: {key}: expected a non-empty string of letters, digits, '_', '.', '-', "
-                            f"got {data[key]!r}")
+                            f"got {quote(data[key])}")
     description = data.get("description") or ""
     if not isinstance(description, str):
-        raise GridError(f"{where}: description: expected a string, got {description!r}")
+        raise GridError(f"{where}: description: expected a string, got {quote(description)}")
     base = _section(data.get("base"), where, "base")
     axes = _axes_mapping(data.get("axes"), where, "axes")
     presets_raw = data["presets"]
     if not isinstance(presets_raw, dict) or not presets_raw:
         raise GridError(f"{where}: presets: expected a non-empty mapping of preset name -> {{base, axes}}, "
-                        f"got {presets_raw!r}")
+                        f"got {quote(presets_raw)}")
     presets: dict[str, Preset] = {}
     for preset_name, raw in presets_raw.items():
         key = f"presets.{preset_name}"
@@ -170,7 +174,7 @@ def load_grid(path: str | Path) -> Grid:
             raise GridError(f"{where}: {key}: a preset name is letters, digits, '_', '.', '-'")
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
-            raise GridError(f"{where}: {key}: expected a mapping with keys {', '.join(PRESET_KEYS)}, got {raw!r}")
+            raise GridError(f"{where}: {key}: expected a mapping with keys {', '.join(PRESET_KEYS)}, got {quote(raw)}")
         _check_keys(raw, PRESET_KEYS, where, key + ".")
         preset_axes = _axes_mapping(raw.get("axes"), where, f"{key}.axes", allow_null=True)
         presets[preset_name] = Preset(
@@ -195,7 +199,7 @@ def _section(raw: Any, where: str, key: str) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise GridError(f"{where}: {key}: expected a mapping of TrainConfig fields, got {raw!r}")
+        raise GridError(f"{where}: {key}: expected a mapping of TrainConfig fields, got {quote(raw)}")
     try:
         return flatten_dict(raw)
     except ConfigError as exc:
@@ -206,13 +210,13 @@ def _axes_mapping(raw: Any, where: str, key: str, allow_null: bool = False) -> d
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise GridError(f"{where}: {key}: expected a mapping of axis name -> list of values, got {raw!r}")
+        raise GridError(f"{where}: {key}: expected a mapping of axis name -> list of values, got {quote(raw)}")
     for name, values in raw.items():
         if values is None and allow_null:
             continue
         if not isinstance(values, list) or not values:
             removal = " (or null to remove the grid's axis)" if allow_null else ""
-            raise GridError(f"{where}: {key}.{name}: expected a non-empty list of values{removal}, got {values!r}")
+            raise GridError(f"{where}: {key}.{name}: expected a non-empty list of values{removal}, got {quote(values)}")
     return dict(raw)
 
 
@@ -246,7 +250,7 @@ def _parse_axis(name: Any, values: list[Any], where: str, key: str) -> Axis:
             raise GridError(
                 f"{where}: {key}.{name}: '{name}' is not a TrainConfig field (top-level fields: {top}), so it is "
                 f"read as a zipped axis, whose values must be non-empty {{field: value}} mappings; item {i} is "
-                f"{value!r}"
+                f"{quote(value)}"
             )
         try:
             flat = flatten_dict(value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import socket
 import sys
@@ -24,9 +25,10 @@ from typing import Any, TextIO
 from bnn.config import config_hash, step1_config, to_dict
 from pipeline.cost import format_duration, trial_seconds
 from pipeline.grids import Cell, Grid, GridError, load_cells
-from pipeline.tracking import Tracker, create_sqlite_store, default_tracking_uri, sqlite_path
+from pipeline.lease import LaunchLease, LeaseHeld
+from pipeline.tracking import Tracker, create_sqlite_store, default_tracking_uri, sqlite_path, unusable_sqlite_store
 from pipeline.writer import TrackingWriter
-from pipeline.trial import FAULT_ENV, CELL_DIR_PREFIX, Resumable, find_resumable, parse_fault_spec
+from pipeline.trial import FAULT_ENV, FAULT_KILL_ENV, CELL_DIR_PREFIX, Resumable, find_resumable, parse_fault_spec
 
 # Ray/Tune behaviour the pipeline relies on; set before Ray is imported (stack.md).
 _RAY_ENV = {
@@ -114,12 +116,23 @@ def run_grids(
     except ValueError as exc:
         raise GridError(str(exc)) from None
     loaded = load_cells(grids, preset, overrides)
+    local_cpus = num_cpus or os.cpu_count() or 1
+    if address is None and cpus_per_trial > local_cpus:  # Tune would wait for ever for a node that big
+        raise GridError(f"--cpus-per-trial {cpus_per_trial:g}: local Ray has {local_cpus} CPUs; ask for at most "
+                        f"{local_cpus}, or run on a cluster (--address)")
     if not dry_run:
         _check_address(address)
     results_dir = Path(results_dir).resolve()
+    if results_dir.exists() and not results_dir.is_dir():
+        raise GridError(f"--results-dir {results_dir}: is a file, not a directory; give a directory")
     uri = tracking_uri or default_tracking_uri(results_dir)
     storage = storage or str(results_dir / "ray")
     summary = RunSummary(preset, results_dir, uri, storage, dry_run)
+    _probe_server(uri)
+    db = sqlite_path(uri)
+    problem = unusable_sqlite_store(db) if db is not None else None
+    if problem:
+        raise LaunchError(f"--tracking-uri {uri}: {problem}; move the file aside or give another --results-dir")
     gpu = gpus_per_trial > 0
     if dry_run:
         _dry_run(loaded, summary, gpu, max_concurrent, cpus_per_trial, num_cpus, address, out)
@@ -129,8 +142,19 @@ def run_grids(
     for key, value in _RAY_ENV.items():
         os.environ.setdefault(key, value)
     summary.timings["validate_s"] = time.perf_counter() - started
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with _launch_lock(results_dir):
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        lock = _launch_lock(results_dir)
+        lock.__enter__()
+    except OSError as exc:
+        raise LaunchError(f"--results-dir {results_dir}: cannot write there ({exc.strerror or exc}); "
+                          "give a writable directory") from None
+    try:
+        lease = _take_lease(uri, summary)
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+    with lock, lease:
         db = sqlite_path(uri)
         if db is not None and not db.exists():
             # A first launch: nothing can be finished in a store that does not exist yet. The writer thread
@@ -198,8 +222,10 @@ def _connected(step: Any, summary: RunSummary) -> Any:
     except OSError as exc:  # a tracking server or the storage cannot be reached
         raise LaunchError(f"tracking {summary.tracking_uri} / storage {summary.storage}: {exc}") from None
     except Exception as exc:
-        if type(exc).__module__.startswith("mlflow"):
-            raise LaunchError(f"--tracking-uri {summary.tracking_uri}: {exc}") from None
+        if type(exc).__module__.startswith(("mlflow", "sqlalchemy")):  # sqlalchemy: a garbage sqlite file
+            text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise LaunchError(f"--tracking-uri {summary.tracking_uri}: not a usable MLflow store ({text}); "
+                              "move the file aside or give another --results-dir / --tracking-uri") from None
         raise
 
 
@@ -252,10 +278,10 @@ def _check_options(
     gpus_per_trial: float, cpus_per_trial: float, max_concurrent: int | None, max_failures: int,
     num_cpus: int | None,
 ) -> None:
-    if not gpus_per_trial >= 0:
-        raise GridError(f"--gpus-per-trial: expected a number >= 0 (fractions share a GPU), got {gpus_per_trial}")
-    if not cpus_per_trial > 0:
-        raise GridError(f"--cpus-per-trial: expected a number > 0, got {cpus_per_trial}")
+    if not (gpus_per_trial >= 0 and math.isfinite(gpus_per_trial)):
+        raise GridError(f"--gpus-per-trial: expected a finite number >= 0 (fractions share a GPU), got {gpus_per_trial}")
+    if not (cpus_per_trial > 0 and math.isfinite(cpus_per_trial)):
+        raise GridError(f"--cpus-per-trial: expected a finite number > 0, got {cpus_per_trial}")
     if max_concurrent is not None and max_concurrent < 1:
         raise GridError(f"--max-concurrent: expected an int >= 1, got {max_concurrent}")
     if max_failures < 0:
@@ -278,6 +304,34 @@ def _check_address(address: str | None) -> None:
                           "with `ray start --head`, or use --address auto on the head node") from None
 
 
+def _take_lease(uri: str, summary: RunSummary) -> LaunchLease:
+    """The store's launch lease, held: a second live launch on the store would mark this one's runs KILLED."""
+    lease = LaunchLease(uri)
+    try:
+        _connected(lease.__enter__, summary)
+    except LeaseHeld as exc:
+        raise LaunchError(str(exc)) from None
+    return lease
+
+
+def _probe_server(uri: str, timeout_s: float = 5.0) -> None:
+    """An unreachable tracking server makes MLflow's client retry for minutes: one health probe says it at once."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            response.read()
+    except urllib.error.HTTPError:
+        return  # something answers: MLflow's own calls report what is wrong with it
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise LaunchError(f"--tracking-uri {uri}: no MLflow server answers there ({reason}); start one "
+                          "(`mlflow server ...`) or fix the URI") from None
+
+
 class _launch_lock:
     """One driver per results dir: a second launch would mark the first one's live runs KILLED."""
 
@@ -286,6 +340,8 @@ class _launch_lock:
         self.handle: Any = None
 
     def __enter__(self) -> None:
+        if self.handle is not None:  # entered already (run_grids enters it early to report write errors)
+            return
         self.handle = self.path.open("a+")
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -328,8 +384,9 @@ def _dry_run(
     """Count cells done per grid from the tracking store, without writing anything (no db is created)."""
     db = sqlite_path(summary.tracking_uri)
     finished: dict[str, list[Any]] = {}
-    if db is None or db.exists():
-        finished = Tracker(summary.tracking_uri, summary.results_dir).finished_by_hash()
+    if db is None or (db.exists() and db.stat().st_size > 0):  # MLflow would write a schema into an empty file
+        finished = _connected(lambda: Tracker(summary.tracking_uri, summary.results_dir).finished_by_hash(),
+                              summary)
     pending = {c.hash for _, cells in loaded for c in cells if c.hash not in finished}
     resumable = find_resumable(summary.storage, pending)
     counted: set[str] = set()
@@ -498,13 +555,15 @@ def _run_phase(
             "hash": digest,
             "grids": [cell.grid for cell in targets[digest]],
             "config": to_dict(cells[digest].config),
-            "resume": {"storage": summary.storage, "path": resumable[digest].path} if digest in resumable else None,
+            "resume": {"storage": summary.storage, "path": resumable[digest].path,
+                       "older": list(resumable[digest].older)} if digest in resumable else None,
             "init": inits.get(digest),
         }
         for digest in order
     ]
     logger = MlflowLogger(writer, summary.preset, targets, plan.experiment_ids,
                           {d: r.history for d, r in resumable.items()})
+    _check_fits(ray.nodes(), cpus_per_trial, gpus_per_trial)
     resources = ray.cluster_resources()
     slots = _concurrency(max_concurrent, cpus_per_trial, gpus_per_trial, resources.get("CPU", 1.0),
                          resources.get("GPU", 0.0))
@@ -513,7 +572,8 @@ def _run_phase(
         tune.with_resources(run_trial, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
         param_space={
             "cell": tune.grid_search(payloads),
-            "options": {"threads": max(1, int(cpus_per_trial)), "fault_once": fault},
+            "options": {"threads": max(1, int(cpus_per_trial)), "fault_once": fault,
+                        "fault_kill": os.environ.get(FAULT_KILL_ENV) == "1"},
         },
         tune_config=tune.TuneConfig(
             num_samples=1,
@@ -538,6 +598,16 @@ def _run_phase(
         summary.timings["fit_s"] = summary.timings.get("fit_s", 0.0) + time.perf_counter() - fit
         logger.close_open_runs()
     return {digest: logger.status.get(digest, "FAILED") for digest in targets}
+
+
+def _check_fits(nodes: list[dict[str, Any]], cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """A trial must fit on one node, or Tune waits for ever: refuse up front, naming what the nodes have."""
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
+    if any(r.get("CPU", 0) >= cpus_per_trial and r.get("GPU", 0) >= gpus_per_trial for r in alive):
+        return
+    have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in alive) or "no live nodes"
+    raise LaunchError(f"--cpus-per-trial {cpus_per_trial:g} --gpus-per-trial {gpus_per_trial:g}: no Ray node can "
+                      f"hold one trial (nodes: {have}); ask for less, or add bigger nodes")
 
 
 def _print_header(summary: RunSummary, killed: int, unique: int, out: TextIO) -> None:

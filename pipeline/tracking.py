@@ -44,6 +44,24 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
+def unusable_sqlite_store(db: Path) -> str | None:
+    """Why an existing sqlite file cannot be a tracking store (read-only check), or None when it can.
+
+    An empty file is fine (MLflow builds its schema there); garbage would end in an SQLAlchemy traceback.
+    """
+    import contextlib
+    import sqlite3
+
+    if not db.is_file() or db.stat().st_size == 0:
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            connection.execute("SELECT name FROM sqlite_master").fetchall()
+    except sqlite3.Error as exc:
+        return f"not a readable SQLite database ({exc})"
+    return None
+
+
 def create_sqlite_store(db: Path) -> None:
     """Start a new sqlite store as a copy of an empty, fully migrated one.
 

@@ -7,7 +7,8 @@ trial restarts from ``tune.get_checkpoint()``; a cell whose driver was killed re
 the newest complete checkpoint any earlier launch left for its hash (``find_resumable``).
 
 Test-only fault hook: the driver reads ``WMHP_FAULT_ONCE=<marker dir>:<epoch>`` and every trial then raises once
-(per config hash, remembered by a marker file) right after reporting that epoch's checkpoint.
+(per config hash, remembered by a marker file) right after reporting that epoch's checkpoint; with
+``WMHP_FAULT_KILL=1`` its worker process SIGKILLs itself there instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,9 @@ HISTORY_FILE = "history.json"
 STATE_FILE = "state.pt"
 CELL_DIR_PREFIX = "cell-"
 FAULT_ENV = "WMHP_FAULT_ONCE"
+FAULT_KILL_ENV = "WMHP_FAULT_KILL"
+RESTORED_KEY = "wmhp_restored"  # first report of a trial: JSON history of the checkpoint it resumed from
+log = logging.getLogger(__name__)
 
 
 class InjectedFault(RuntimeError):
@@ -48,6 +54,7 @@ class Resumable:
     storage: str
     path: str  # on storage_filesystem(storage)
     history: list[dict[str, float]]
+    older: tuple[str, ...] = ()  # the cell's other complete checkpoints, most epochs first: fallbacks
 
     @property
     def epochs(self) -> int:
@@ -59,9 +66,9 @@ def find_resumable(storage: str, hashes: set[str]) -> dict[str, Resumable]:
     import pyarrow.fs
 
     fs, root = storage_filesystem(storage)
-    found: dict[str, Resumable] = {}
+    complete: dict[str, list[tuple[int, str, list[dict[str, float]]]]] = {}
     if not hashes:
-        return found
+        return {}
 
     def listing(path: str) -> list[Any]:
         try:
@@ -80,8 +87,13 @@ def find_resumable(storage: str, hashes: set[str]) -> dict[str, Resumable]:
                 if not checkpoint.base_name.startswith("checkpoint_"):
                     continue
                 history = _complete_history(fs, checkpoint.path)
-                if history and (digest not in found or len(history) > found[digest].epochs):
-                    found[digest] = Resumable(storage, checkpoint.path, history)
+                if history:
+                    complete.setdefault(digest, []).append((len(history), checkpoint.path, history))
+    found: dict[str, Resumable] = {}
+    for digest, candidates in complete.items():
+        candidates.sort(key=lambda c: -c[0])
+        _, path, history = candidates[0]
+        found[digest] = Resumable(storage, path, history, tuple(c[1] for c in candidates[1:]))
     return found
 
 
@@ -108,6 +120,56 @@ def copy_checkpoint(resumable: dict[str, str], destination: Path) -> None:
     fs, _ = storage_filesystem(resumable["storage"])
     pyarrow.fs.copy_files(resumable["path"], str(destination), source_filesystem=fs,
                           destination_filesystem=pyarrow.fs.LocalFileSystem())
+
+
+def restore_checkpoint(cell: dict[str, Any], work: Path) -> None:
+    """Fill ``work`` with the newest checkpoint of this cell that loads safely, or leave it empty (a fresh start).
+
+    Tried in order: the checkpoint Tune hands a retried trial, then the earlier launches' checkpoints from
+    ``cell["resume"]`` (newest first). One that bnn.train cannot load with weights_only (truncated, garbage, or a
+    planted pickle) is named in a warning and renamed on storage to ``state.pt.corrupt-<time>``, so that no later
+    launch picks it again.
+    """
+    from ray import tune
+
+    from bnn.train import UnreadableCheckpoint, load_state
+
+    sources: list[tuple[Any, str]] = []  # (pyarrow filesystem, checkpoint directory on it)
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        sources.append((restored.filesystem, restored.path))
+    resume = cell.get("resume")
+    if resume:
+        fs, _ = storage_filesystem(resume["storage"])
+        sources += [(fs, path) for path in [resume["path"], *resume.get("older", [])]]
+    for fs, path in sources:
+        _empty(work)
+        try:
+            import pyarrow.fs
+
+            pyarrow.fs.copy_files(path, str(work), source_filesystem=fs,
+                                  destination_filesystem=pyarrow.fs.LocalFileSystem())
+            if (work / STATE_FILE).exists():
+                load_state(work / STATE_FILE)
+                return
+        except UnreadableCheckpoint as exc:
+            reason = str(exc).split(": ", 1)[-1]
+            aside = f"{path}/{STATE_FILE}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            try:
+                fs.move(f"{path}/{STATE_FILE}", aside)
+            except OSError:
+                aside = "(could not be moved aside)"
+            log.warning("warning: %s/%s: %s; moved to %s, trying an older checkpoint or a fresh start",
+                        path, STATE_FILE, reason, aside)
+        except OSError as exc:
+            log.warning("warning: checkpoint %s cannot be copied (%s); trying an older one or a fresh start",
+                        path, exc)
+    _empty(work)
+
+
+def _empty(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
 
 
 def fetch_file(storage: Any, directory: str, name: str, scratch: Path) -> Path | None:
@@ -146,7 +208,7 @@ def parse_fault_spec(text: str | None) -> tuple[str, int] | None:
     return directory, int(epoch)
 
 
-def maybe_fault(spec: tuple[str, int] | None, digest: str, epoch: int) -> None:
+def maybe_fault(spec: tuple[str, int] | None, digest: str, epoch: int, kill: bool = False) -> None:
     if spec is None or epoch != spec[1]:
         return
     marker = Path(spec[0]) / f"{digest}.fault"
@@ -155,6 +217,8 @@ def maybe_fault(spec: tuple[str, int] | None, digest: str, epoch: int) -> None:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return
+    if kill:  # the worker process dies as on an OOM kill or a lost node, not with a Python exception
+        os.kill(os.getpid(), signal.SIGKILL)
     raise InjectedFault(f"{FAULT_ENV}: injected failure after epoch {epoch} of cell {digest}")
 
 
@@ -180,12 +244,9 @@ def run_trial(config: dict[str, Any]) -> None:
     fault = parse_fault_spec(options.get("fault_once"))
     work = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-"))
     try:
-        restored = tune.get_checkpoint()
-        if restored is not None:
-            restored.to_directory(str(work))
-        elif cell.get("resume"):
-            copy_checkpoint(cell["resume"], work)
+        restore_checkpoint(cell, work)
         history = read_history(work)
+        restored = {RESTORED_KEY: json.dumps(history)}  # the driver backfills the run from what was loaded
         init_from = None
         if cell.get("init") and not (work / STATE_FILE).exists():
             step1 = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-step1-", dir=work.parent))
@@ -195,8 +256,10 @@ def run_trial(config: dict[str, Any]) -> None:
         def report(metrics: dict[str, float]) -> None:
             history.append(metrics)
             write_history(work, history)
-            tune.report({"wmhp": metrics}, checkpoint=tune.Checkpoint.from_directory(str(work)))
-            maybe_fault(fault, cell["hash"], int(metrics["epoch"]))
+            result = {"wmhp": metrics, **restored}
+            restored.clear()
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
+            maybe_fault(fault, cell["hash"], int(metrics["epoch"]), kill=bool(options.get("fault_kill")))
 
         train(train_config, report=report, checkpoint_dir=work, init_from=init_from)
     finally:

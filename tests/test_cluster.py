@@ -406,3 +406,19 @@ def test_head_script_rejects_bad_settings_and_starts_nothing(fresh_cluster: Loca
     assert no_head.returncode == 2 and "WMHP_HEAD_ADDRESS" in no_head.stderr
     assert cluster.sids == set()
     assert not cluster.results_dir.exists()
+
+
+def test_node_scripts_make_the_auth_token_private(tmp_path: Path) -> None:
+    """start_head.sh and start_worker.sh check the token with require_token, which leaves it mode 0600."""
+    token = tmp_path / "auth_token"
+    token.write_text(os.urandom(16).hex())
+    token.chmod(0o644)
+    common = Path(__file__).resolve().parents[1] / "pipeline" / "cluster" / "common.sh"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env.pop("RAY_AUTH_TOKEN", None)
+    done = subprocess.run(["bash", "-c", f"source {common} && require_token"], env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert token.stat().st_mode & 0o777 == 0o600
+    for script in ("start_head.sh", "start_worker.sh"):  # every node runs one of them
+        assert "\nrequire_token\n" in (common.parent / script).read_text()

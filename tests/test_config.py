@@ -70,8 +70,9 @@ def test_resolve_maps_filter_from_latent_exactly():
 
 
 def test_resolve_rejects_unmappable_filter():
-    with pytest.raises(ConfigError, match="binary_opt.alpha"):
-        resolve(from_flat({"binary_opt.name": "filter"}))
+    # Nothing to map from (weight decay 0, the default): the documented default filter, so bare `wmhp train` runs.
+    assert resolve(from_flat({"binary_opt.name": "filter"})).binary_opt.alpha == 1e-3
+    assert resolve(from_flat({"binary_opt.name": "filter"})).binary_opt.gamma == 0.1
     with pytest.raises(ConfigError, match="binary_opt.gamma"):
         resolve(from_flat({"binary_opt.gamma": 0.5, "binary_opt.weight_decay": 1e-4}))
 

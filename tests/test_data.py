@@ -188,15 +188,28 @@ def test_truncated_fashion_file_in_data_root_is_named(tmp_path: Path) -> None:
 def test_fashion_mnist_not_found_names_all_three_ways(tmp_path: Path) -> None:
     places = dict(debian_dir=tmp_path / "debian", cache=tmp_path / "cache")
     with pytest.raises(DatasetError) as error:
-        fm.find_or_download(tmp_path / "root", allow_download=False, **places)
+        fm.find_or_download(None, allow_download=False, **places)
     message = str(error.value)
-    for expected in (str(tmp_path / "root"), str(tmp_path / "debian"), str(tmp_path / "cache"), "data.root",
+    for expected in (str(tmp_path / "debian"), str(tmp_path / "cache"), "data.root",
                      "apt-get install -y dataset-fashion-mnist", "data.download=true", "pip install torchvision"):
         assert expected in message
     # The download cache is searched too, so an earlier download is found without data.download.
     write_fashion_files(tmp_path / "cache" / "FashionMNIST" / "raw")
-    found = fm.find_or_download(tmp_path / "root", allow_download=False, **places)
+    found = fm.find_or_download(None, allow_download=False, **places)
     assert found["test_labels"].parent == tmp_path / "cache" / "FashionMNIST" / "raw"
+
+
+def test_a_given_data_root_is_the_only_place_looked_in(tmp_path: Path) -> None:
+    places = dict(debian_dir=tmp_path / "debian", cache=tmp_path / "cache")
+    write_fashion_files(tmp_path / "cache")  # another complete copy exists: it must not be used silently
+    write_fashion_files(tmp_path / "root")
+    missing = next((tmp_path / "root").glob(fm.FILES["test_labels"] + "*"))
+    missing.unlink()
+    with pytest.raises(DatasetError) as error:
+        fm.find_or_download(tmp_path / "root", allow_download=False, **places)
+    message = str(error.value)
+    assert message.startswith("data.root") and str(tmp_path / "root" / fm.FILES["test_labels"]) in message
+    assert fm.FILES["train_images"] + "[.gz]," not in message.split("missing:")[1].split(".")[0]
 
 
 def test_setup_script_reports_where_the_files_are(tmp_path: Path) -> None:

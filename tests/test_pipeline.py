@@ -54,7 +54,7 @@ def sgd_grid(tmp_path: Path, name: str, cells: list[tuple[float, float]]) -> Pat
     variants = "\n".join(f"    - {{binary_opt.lr: {lr}, binary_opt.weight_decay: {wd}}}" for lr, wd in cells)
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\nexperiment: e2\n"
-                    "base: {binary_opt.name: sgd, binary_opt.momentum: 0.0, init.scale: 0.0}\n"
+                    "base: {binary_opt.name: sgd, binary_opt.momentum: 0.0, init.scale: 1.0e-3}\n"
                     f"axes:\n  cell:\n{variants}\npresets: {{smoke: {{}}}}\n")
     return path
 
@@ -64,7 +64,7 @@ def test_smoke_grid_logs_one_run_per_trial_and_a_rerun_starts_nothing(tmp_path: 
     out = io.StringIO()
     summary = run_grids(["e2"], "smoke", results, out=out)
     cells = {c.hash: c for c in expand(load_grid(find_grid("e2")), "smoke")}
-    assert len(cells) >= 4
+    assert len(cells) >= 3
     assert (summary.total("to_run"), summary.total("finished"), summary.failed) == (len(cells), len(cells), 0)
     assert f"{len(cells)}/{len(cells)} done, 0 running, 0 failed" in out.getvalue()
 

@@ -131,3 +131,55 @@ def test_sigkill_mid_grid_then_rerun_finishes_every_cell_exactly_once(tmp_path: 
         if run.info.status == "FINISHED":
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")]
             assert sorted(steps) == list(range(1, 21))
+
+
+# --- the rest of the fault matrix (issue 12), on one tiny grid ------------------------------------------------
+TINY_GRID = """\
+name: killme
+experiment: e0
+base: {epochs: 2, model.hidden: [16, 16], binary_opt: {name: filter, gamma: 0.1}}
+axes:
+  binary_opt.alpha: [1.0e-3, 1.0e-2, 1.0e-1]
+presets: {smoke: {}}
+"""
+
+
+def finished_exactly_once(grid: Path, results: Path, epochs: int) -> None:
+    hashes = {c.hash for c in expand(load_grid(grid), "smoke")}
+    client = mlflow.MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("wmhp/killme").experiment_id])
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert Counter(r.data.tags["wmhp.config_hash"] for r in finished) == Counter({h: 1 for h in hashes})
+    for run in finished:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")]
+        assert sorted(steps) == list(range(1, epochs + 1))
+
+
+def test_sigkill_before_the_first_trial_then_rerun(tmp_path: Path) -> None:
+    grid, results = tmp_path / "killme.yaml", tmp_path / "results"
+    grid.write_text(TINY_GRID)
+    driver = subprocess.Popen(ablate(grid, results), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        for line in driver.stdout:  # the header: store and experiments are set up, Ray is starting
+            if "to run" in line:
+                driver.send_signal(signal.SIGKILL)
+                break
+        driver.wait(timeout=60)
+    finally:
+        time.sleep(1)
+        stop_leftovers(driver.pid)
+    assert driver.returncode == -signal.SIGKILL
+    rerun = subprocess.run(ablate(grid, results), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    finished_exactly_once(grid, results, 2)
+
+
+def test_a_sigkilled_trial_worker_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
+    grid, results, markers = tmp_path / "killme.yaml", tmp_path / "results", tmp_path / "faults"
+    grid.write_text(TINY_GRID)
+    env = {**os.environ, "WMHP_FAULT_ONCE": f"{markers}:1", "WMHP_FAULT_KILL": "1"}
+    done = subprocess.run(ablate(grid, results), capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(list(markers.glob("*.fault"))) == 3  # every trial's worker was killed once, after epoch 1
+    finished_exactly_once(grid, results, 2)

@@ -55,8 +55,15 @@ def files_in(directory: Path) -> dict[str, Path] | None:
 
 
 def search_places(root: str | Path | None, debian_dir: Path = DEBIAN_DIR, cache: Path | None = None) -> list[Path]:
-    places = [Path(root).expanduser()] if root is not None else []
-    return places + [debian_dir, cache if cache is not None else cache_dir()]
+    if root is not None:  # a given root means that root only: never silently train on another copy
+        return [Path(root).expanduser()]
+    return [debian_dir, cache if cache is not None else cache_dir()]
+
+
+def missing_in(directory: Path) -> list[str]:
+    """The IDX file names (neither plain nor .gz) missing from ``directory``."""
+    return [stem for stem in FILES.values()
+            if not any((directory / name).is_file() for name in (f"{stem}.gz", stem))]  # fmt: skip
 
 
 def locate(
@@ -90,6 +97,12 @@ def download(target: Path) -> dict[str, Path]:
 def not_found_message(root: str | Path | None, debian_dir: Path = DEBIAN_DIR, cache: Path | None = None) -> str:
     looked = ", ".join(str(p) for p in search_places(root, debian_dir, cache))
     names = ", ".join(f"{stem}[.gz]" for stem in FILES.values())
+    if root is not None:
+        place = Path(root).expanduser()
+        missing = ", ".join(f"{place / stem}[.gz]" for stem in missing_in(place)) or "?"
+        return (f"data.root {str(root)[:200]}: Fashion-MNIST file(s) missing: {missing}. Put all four IDX files "
+                f"({names}) there, set data.download=true to download them there, or unset data.root to use "
+                f"the installed copy ({debian_dir})")
     return (
         f"Fashion-MNIST not found (looked in: {looked}). Any one of these fixes it: "
         f"(1) set data.root to a directory holding the four IDX files ({names}); "

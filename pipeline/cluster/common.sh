@@ -47,6 +47,8 @@ require_token() {
     [[ -s "$path" ]] || bad_setting "RAY_AUTH_MODE=token but no token at $path: run \`ray get-auth-token --generate\`" \
         "on the machine you launch from (ray_cluster.yaml copies ~/.ray/auth_token to every node)," \
         "or set RAY_AUTH_TOKEN_PATH"
+    # ray's file_mounts copy the token with whatever mode it had (often 0644): anyone on a node could join.
+    chmod 600 "$path" || die "cannot make the auth token $path private (chmod 600)"
 }
 
 port_answers() {  # host port -> success when something accepts TCP connections there
