@@ -3,6 +3,8 @@
 Only FINISHED runs are drawn. Within one experiment: one preset (the one with most finished runs unless asked),
 one finished run per (grid, config_hash) (the latest), and for E1-E7 one dataset/model context. Seeds are
 averaged per *cell*: every config field except ``seed``. Whatever else is set aside is said in a notice.
+``Experiment.controls`` holds the frozen-control runs (binary weights never trained) of the same preset and
+dataset/model from every experiment, the baseline for grids without a control of their own.
 """
 
 from __future__ import annotations
