@@ -158,11 +158,19 @@ def _record(grid_name: str, run: Any) -> _Record:
         "start_time": info.start_time,
         "end_time": info.end_time,
         "wall_s": (info.end_time - info.start_time) / 1000 if info.end_time and info.start_time else math.nan,
+        "search_space": tags.get("wmhp.space"),
+        "searcher": tags.get("wmhp.searcher"),
+        "search_repeat": _int_tag(tags.get("wmhp.repeat")),
+        "search_index": _int_tag(tags.get("wmhp.search_index")),
     }
     for name in field_names():
         row[name] = _parse_param(name, params.get(name), info.run_id)
     row["filter_alpha"], row["filter_gamma"] = filter_reading(row)
     return _Record(row, info.start_time or 0, info.artifact_uri, sorted(run.data.metrics))
+
+
+def _int_tag(text: str | None) -> int | None:
+    return int(text) if text is not None and text.lstrip("-").isdigit() else None
 
 
 def _experiment_of(grid: str) -> str | None:

@@ -60,6 +60,12 @@ RUN_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("epochs_done", pa.int64()),  # rows of this run in curves.parquet
     ("filter_alpha", pa.float64()),  # the exact gradient-filter reading of the binary optimizer (analysis.reading)
     ("filter_gamma", pa.float64()),  # NaN where there is none (Adam)
+    # Search grids (E9; pipeline/search.py): the space a trial sampled, its searcher (random / tpe), the TPE
+    # repeat and the trial's index in its pool or repeat; null for grid cells.
+    ("search_space", pa.string()),
+    ("searcher", pa.string()),
+    ("search_repeat", pa.int64()),
+    ("search_index", pa.int64()),
 )
 
 SUMMARY_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (

@@ -14,6 +14,8 @@ A grid file (``pipeline/grids/eN_<name>.yaml``) is YAML with these top-level key
     presets:                  # scales; each may override base (merged over it) and axes (replaced per key;
       smoke: {base: {...}, axes: {...}}  # an axis set to null is removed)
       cpu: {...}
+    search: {...}             # instead of axes: hyperparameter searches over sampled spaces (pipeline/search.py);
+                              # presets may then carry a search section too (budgets, range overrides)
 
 A cell's overrides are: the preset's shared sizing from ``pipeline/grids/scales.yaml`` (dataset, model,
 epochs, batch size of smoke / cpu / cifar10 / imagenet: the one place to tune a scale), then the grid's base,
@@ -54,8 +56,8 @@ from pipeline.cost import TRAIN_SIZES
 GRID_DIR = Path(__file__).resolve().parent / "grids"
 SCALES_FILE = GRID_DIR / "scales.yaml"
 PRESETS = ("smoke", "cpu", "cifar10", "imagenet")  # the documented scales; grid files may define others
-TOP_LEVEL_KEYS = ("name", "experiment", "description", "base", "axes", "presets")
-PRESET_KEYS = ("description", "base", "axes")
+TOP_LEVEL_KEYS = ("name", "experiment", "description", "base", "axes", "presets", "search")
+PRESET_KEYS = ("description", "base", "axes", "search")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -81,6 +83,7 @@ class Preset:
     base: dict[str, Any]
     axes: dict[str, Any]  # raw YAML: key -> list, or None to remove the grid's axis
     description: str = ""
+    search: dict[str, Any] | None = None  # raw YAML, checked by pipeline.search
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class Grid:
     base: dict[str, Any]
     axes: dict[str, Any]
     presets: dict[str, Preset] = field(default_factory=dict)
+    search: dict[str, Any] | None = None  # a search grid (pipeline.search): sampled spaces instead of axes
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class Cell:
     config: TrainConfig
     hash: str
     label: dict[str, Any]
+    tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (search grids: space, searcher, ...)
 
     @property
     def run_name(self) -> str:
@@ -181,8 +186,13 @@ def load_grid(path: str | Path) -> Grid:
             base=_section(raw.get("base"), where, f"{key}.base"),
             axes=preset_axes,
             description=str(raw.get("description") or ""),
+            search=raw.get("search"),
         )
-    grid = Grid(path, data["name"], data["experiment"], description, base, axes, presets)
+    grid = Grid(path, data["name"], data["experiment"], description, base, axes, presets, data.get("search"))
+    if grid.search is not None or any(p.search is not None for p in presets.values()):
+        from pipeline.search import check_search  # a search grid: its own schema, checked at load like axes
+
+        check_search(grid)
     for preset_name in presets:  # axis shapes of every preset, so a typo in any preset is caught at once
         _axes_for(grid, preset_name)
     return grid
@@ -322,6 +332,11 @@ def expand(
             raise GridError(f"{where}: --set {name}: is set by the grid's axis {axis_fields[name]!r}; "
                             f"change the grid file (or a copy of it) instead")
         base[name] = value
+    if grid.search is not None:  # a search grid's cells are its random pools (pipeline.search)
+        from pipeline.search import pool_cells
+
+        return pool_cells(grid, preset, base, lambda flat, label, tags: make_cell(grid, flat, label, where,
+                                                                                  check_paths, tags))
     cells: list[Cell] = []
     seen: dict[str, dict[str, Any]] = {}
     for combo in itertools.product(*(axis.values for axis in axes)):
@@ -329,21 +344,12 @@ def expand(
         flat = dict(base)
         for choice in combo:
             flat.update(choice)
-        try:
-            flat = {name: _expand_env(value, name) for name, value in flat.items()}
-            config = resolve(from_flat(flat))
-        except ConfigError as exc:
-            cell = f" cell {label}" if label else ""
-            raise GridError(f"{where}:{cell}: {exc}") from None
-        if check_paths:
-            _check_paths(config, where)
-        _check_sizes(config, where)
-        digest = config_hash(config)
-        if digest in seen:
-            raise GridError(f"{where}: cells {seen[digest]} and {label} resolve to the same config "
-                            f"(config_hash {digest}); remove one or make an axis tell them apart")
-        seen[digest] = label
-        cells.append(Cell(grid.name, grid.experiment, config, digest, label))
+        cell = make_cell(grid, flat, label, where, check_paths)
+        if cell.hash in seen:
+            raise GridError(f"{where}: cells {seen[cell.hash]} and {label} resolve to the same config "
+                            f"(config_hash {cell.hash}); remove one or make an axis tell them apart")
+        seen[cell.hash] = label
+        cells.append(cell)
     return with_step1_cells(cells)
 
 
@@ -361,6 +367,21 @@ def with_step1_cells(cells: list[Cell]) -> list[Cell]:
                 out.append(Cell(cell.grid, cell.experiment, step1, digest, {**cell.label, "stage": "step1"}))
         out.append(cell)
     return out
+
+
+def make_cell(grid: Grid, flat: dict[str, Any], label: dict[str, Any], where: str, check_paths: bool = True,
+              tags: dict[str, str] | None = None) -> Cell:
+    """One cell from dotted overrides: environment expanded, resolved, checked and hashed (GridError if invalid)."""
+    try:
+        flat = {name: _expand_env(value, name) for name, value in flat.items()}
+        config = resolve(from_flat(flat))
+    except ConfigError as exc:
+        cell = f" cell {label}" if label else ""
+        raise GridError(f"{where}:{cell}: {exc}") from None
+    if check_paths:
+        _check_paths(config, where)
+    _check_sizes(config, where)
+    return Cell(grid.name, grid.experiment, config, config_hash(config), label, dict(tags or {}))
 
 
 def _label_value(axis: Axis, choice: dict[str, Any]) -> Any:

@@ -29,6 +29,8 @@ from pipeline.lease import LaunchLease, LeaseHeld
 from pipeline.tracking import Tracker, create_sqlite_store, default_tracking_uri, sqlite_path, unusable_sqlite_store
 from pipeline.writer import TrackingWriter
 from pipeline.trial import FAULT_ENV, FAULT_KILL_ENV, CELL_DIR_PREFIX, Resumable, find_resumable, parse_fault_spec
+from pipeline.search import parse_search
+from pipeline.search_run import TpeJob, finished_tpe, run_tpe, tpe_jobs
 
 # Ray/Tune behaviour the pipeline relies on; set before Ray is imported (stack.md).
 _RAY_ENV = {
@@ -135,7 +137,7 @@ def run_grids(
         raise LaunchError(f"--tracking-uri {uri}: {problem}; move the file aside or give another --results-dir")
     gpu = gpus_per_trial > 0
     if dry_run:
-        _dry_run(loaded, summary, gpu, max_concurrent, cpus_per_trial, num_cpus, address, out)
+        _dry_run(loaded, summary, gpu, max_concurrent, cpus_per_trial, num_cpus, address, out, overrides)
         summary.wall_s = time.perf_counter() - started
         return summary
 
@@ -160,24 +162,31 @@ def run_grids(
             # A first launch: nothing can be finished in a store that does not exist yet. The writer thread
             # creates it while Ray starts and the first trials import torch.
             plan = _plan_fresh(loaded, summary, gpu)
+            _add_tpe(plan, summary, loaded, overrides, {}, gpu)
             writer = TrackingWriter(lambda: _new_store_tracker(db, uri, results_dir), first=plan.create_experiments)
         else:
             tracker = _connected(lambda: Tracker(uri, results_dir), summary)
             plan = _connected(lambda: _plan(tracker, loaded, summary, gpu), summary)
+            done = _connected(lambda: finished_tpe(tracker, plan.experiment_ids, _search_metrics(loaded, preset)),
+                              summary)
+            _add_tpe(plan, summary, loaded, overrides, done, gpu)
             writer = TrackingWriter(lambda: tracker)
-        _print_header(summary, plan.killed, len(plan.targets), out)
+        _print_header(summary, plan.killed, len(plan.targets) + sum(j.remaining for j in plan.tpe), out)
         started_ray = False
         failure: Exception | None = None
         try:
-            if plan.targets:
+            if plan.targets or any(job.remaining for job in plan.tpe):
                 # Tune and the trainable take seconds to import; ray.init mostly waits on the processes it
                 # starts (the GIL is free), so the imports run beside it.
                 importer = threading.Thread(target=_import_tune_side, name="wmhp-import", daemon=True)
                 importer.start()
                 started_ray = _connect_ray(address, num_cpus, summary)
                 importer.join()
-                _run_tune(plan, writer, summary, gpus_per_trial, cpus_per_trial, max_concurrent, max_failures,
-                          fault, gpu, out)
+                if plan.targets:
+                    _run_tune(plan, writer, summary, gpus_per_trial, cpus_per_trial, max_concurrent, max_failures,
+                              fault, gpu, out)
+                _run_searches(plan, writer, summary, gpus_per_trial, cpus_per_trial, max_concurrent, max_failures,
+                              fault, out)
         except Exception as exc:  # noqa: BLE001 - re-raised below, after the writer has drained
             failure = exc
         finally:
@@ -204,10 +213,53 @@ class _Plan:
     experiment_ids: dict[str, str]  # grid -> MLflow experiment id (filled by the writer on a first launch)
     resumable: dict[str, Resumable]
     killed: int = 0
+    tpe: list[TpeJob] = field(default_factory=list)  # TPE searches of search grids (pipeline.search_run)
 
     def create_experiments(self, tracker: Tracker) -> None:
-        for grid in {cell.grid for cells in self.targets.values() for cell in cells}:
+        grids = {cell.grid for cells in self.targets.values() for cell in cells} | {job.grid for job in self.tpe}
+        for grid in grids:
             self.experiment_ids[grid] = tracker.ensure_experiment(grid)
+
+
+def _search_metrics(loaded: list[tuple[Grid, list[Cell]]], preset: str) -> dict[str, str]:
+    return {grid.name: parse_search(grid, preset).metric for grid, _ in loaded if grid.search is not None}
+
+
+def _add_tpe(plan: _Plan, summary: RunSummary, loaded: list[tuple[Grid, list[Cell]]],
+             overrides: dict[str, Any] | None, done: dict[Any, Any], gpu: bool) -> None:
+    """The TPE searches of the launch's search grids: counted per grid like cells (done before / to run)."""
+    for grid, cells in loaded:
+        if grid.search is None:
+            continue
+        jobs = tpe_jobs(grid, summary.preset, overrides, done)
+        stats = next(g for g in summary.grids if g.name == grid.name)
+        total, before = sum(j.trials for j in jobs), sum(len(j.points) for j in jobs)
+        stats.cells += total
+        stats.already_done += before
+        stats.to_run += total - before
+        stats.estimate_s += (total - before) * (trial_seconds(cells[0].config, gpu) if cells else 0.0)
+        plan.tpe.extend(jobs)
+
+
+def _run_searches(plan: _Plan, writer: TrackingWriter, summary: RunSummary, gpus_per_trial: float,
+                  cpus_per_trial: float, max_concurrent: int | None, max_failures: int, fault: str | None,
+                  out: TextIO) -> None:
+    import ray
+
+    if not any(job.remaining for job in plan.tpe):
+        return
+    resources = ray.cluster_resources()
+    slots = _concurrency(max_concurrent, cpus_per_trial, gpus_per_trial, resources.get("CPU", 1.0),
+                         resources.get("GPU", 0.0))
+    options = {"threads": max(1, int(cpus_per_trial)), "fault_once": fault,
+               "fault_kill": os.environ.get(FAULT_KILL_ENV) == "1"}
+    run_tpe(plan.tpe, writer, summary, plan.experiment_ids, options, {"cpu": cpus_per_trial, "gpu": gpus_per_trial},
+            slots, max_failures, out)
+    for stats in summary.grids:
+        for job in plan.tpe:
+            if job.grid == stats.name:
+                stats.finished += job.finished
+                stats.failed += job.failed
 
 
 def _new_store_tracker(db: Path, uri: str, results_dir: Path) -> Tracker:
@@ -380,13 +432,17 @@ def _concurrency(max_concurrent: int | None, cpus_per_trial: float, gpus_per_tri
 def _dry_run(
     loaded: list[tuple[Grid, list[Cell]]], summary: RunSummary, gpu: bool, max_concurrent: int | None,
     cpus_per_trial: float, num_cpus: int | None, address: str | None, out: TextIO,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
     """Count cells done per grid from the tracking store, without writing anything (no db is created)."""
     db = sqlite_path(summary.tracking_uri)
     finished: dict[str, list[Any]] = {}
+    done_tpe: dict[Any, Any] = {}
     if db is None or (db.exists() and db.stat().st_size > 0):  # MLflow would write a schema into an empty file
-        finished = _connected(lambda: Tracker(summary.tracking_uri, summary.results_dir).finished_by_hash(),
-                              summary)
+        tracker = _connected(lambda: Tracker(summary.tracking_uri, summary.results_dir), summary)
+        finished = _connected(tracker.finished_by_hash, summary)
+        ids = {grid: eid for eid, grid in tracker.wmhp_experiments().items()}
+        done_tpe = finished_tpe(tracker, ids, _search_metrics(loaded, summary.preset))
     pending = {c.hash for _, cells in loaded for c in cells if c.hash not in finished}
     resumable = find_resumable(summary.storage, pending)
     counted: set[str] = set()
@@ -405,6 +461,7 @@ def _dry_run(
                     stats.estimate_s += _remaining_s(cell, resumable, gpu)
                     counted.add(cell.hash)
         summary.grids.append(stats)
+    _add_tpe(_Plan({}, {}, {}), summary, loaded, overrides, done_tpe, gpu)
     slots = max_concurrent
     if address is None and not gpu:
         slots = _concurrency(max_concurrent, cpus_per_trial, 0.0, num_cpus or os.cpu_count() or 1)

@@ -221,6 +221,7 @@ class Tracker:
             "wmhp.preset": preset,
             "wmhp.config_hash": cell.hash,
             "wmhp.code_version": self.code_version,
+            **cell.tags,
         }
         run = self.client.create_run(experiment_id, tags=tags, run_name=cell.run_name)
         run_id = run.info.run_id

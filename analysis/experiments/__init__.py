@@ -9,7 +9,8 @@ from analysis.experiments import (
     e6_schedules,
     e7_adam,
     e8_optimizers,
+    e9_tuning_cost,
 )
 
 MODULES = (e1_equivalence, e2_lr_wd, e3_init_scale, e4_momentum_gamma, e5_alpha_gamma, e6_schedules, e7_adam)
-TABLE_MODULES = (e8_optimizers,)  # analyse() also takes the tables directory
+TABLE_MODULES = (e8_optimizers, e9_tuning_cost)  # analyse() also takes the tables directory
