@@ -3,6 +3,8 @@
 Only FINISHED runs are drawn. Within one experiment: one preset (the one with most finished runs unless asked),
 one finished run per (grid, config_hash) (the latest), and for E1-E7 one dataset/model context. Seeds are
 averaged per *cell*: every config field except ``seed``. Whatever else is set aside is said in a notice.
+``Experiment.controls`` holds the frozen-control runs (binary weights never trained) of the same preset and
+dataset/model from every experiment, the baseline for grids without a control of their own.
 """
 
 from __future__ import annotations
@@ -37,6 +39,24 @@ class Experiment:
     preset: str
     excluded: dict[str, int]  # status -> runs of this experiment and preset that are not FINISHED
     notices: list[str] = field(default_factory=list)
+    # Finished frozen-control runs (binary_opt.name == "frozen": binary weights never trained) of the same preset
+    # and dataset/model context(s), from ANY experiment: the baseline an experiment without its own control draws.
+    # One per (grid, config_hash), the latest; a "cell" column of their own (seeds averaged per cell as usual).
+    controls: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def control(self, data_name: str | None = None, model_label: str | None = None) -> pd.DataFrame:
+        """The frozen controls of one dataset/model (default: the experiment's only context), one row per seed:
+        where several experiments ran the same control cell and seed, the latest run of that seed is kept."""
+        if self.controls.empty:
+            return self.controls
+        rows = self.controls
+        if data_name is None and model_label is None:
+            contexts = {(d, m) for d, m in zip(self.runs["data.name"], self.runs["model.label"])}
+            if len(contexts) != 1:
+                raise ValueError("control(): this experiment has several dataset/model contexts; name one")
+            data_name, model_label = contexts.pop()
+        rows = rows[(rows["data.name"] == data_name) & (rows["model.label"] == model_label)]
+        return rows.sort_values(["end_time", "run_id"]).drop_duplicates("seed", keep="last").reset_index(drop=True)
 
     def caption(self, extra: str = "") -> str:
         contexts = sorted({(d, m) for d, m in zip(self.runs["data.name"], self.runs["model.label"])})
@@ -103,8 +123,30 @@ def select(results: Results, key: str, preset: str | None = None, one_context: b
     latest["cell"] = cell_ids(latest)
     curves = results.curves[results.curves["run_id"].isin(latest["run_id"])]
     return Experiment(
-        key, latest.reset_index(drop=True), curves, str(chosen), {k: int(v) for k, v in excluded.items()}, notices
+        key,
+        latest.reset_index(drop=True),
+        curves,
+        str(chosen),
+        {k: int(v) for k, v in excluded.items()},
+        notices,
+        frozen_controls(results, str(chosen), latest),
     )
+
+
+def frozen_controls(results: Results, preset: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished frozen runs of ``preset`` from every experiment, on the dataset/model contexts of ``runs``."""
+    all_runs = results.runs
+    frozen = all_runs[
+        (all_runs["binary_opt.name"] == "frozen") & (all_runs["status"] == FINISHED) & (all_runs["preset"] == preset)
+    ]
+    contexts = set(zip(runs["data.name"], runs["model.label"]))
+    in_context = pd.Series(
+        [(d, m) in contexts for d, m in zip(frozen["data.name"], frozen["model.label"])], index=frozen.index, dtype=bool
+    )
+    frozen = frozen[in_context]
+    frozen = frozen.sort_values(["end_time", "run_id"]).drop_duplicates(["grid", "config_hash"], keep="last").copy()
+    frozen["cell"] = cell_ids(frozen) if len(frozen) else pd.Series(dtype=int)
+    return frozen.reset_index(drop=True)
 
 
 def cell_ids(runs: pd.DataFrame) -> pd.Series:

@@ -104,10 +104,15 @@ def grids(size: Size) -> dict[str, list[dict[str, Any]]]:
         for a in logs(-6, -2)
         for g in logs(-3, 0)
         for s in seeds
-    ]
-    e6 = [
-        {"binary_opt.name": "filter", "binary_opt.alpha": 1e-3, "binary_opt.gamma": 0.1},
-        {"binary_opt.name": "sgd", "binary_opt.lr": 0.1, "binary_opt.momentum": 0.9, "binary_opt.weight_decay": 1e-3},
+    ] + [{**base, "binary_opt.name": "frozen", "seed": s} for s in seeds]  # the control
+    e6 = [  # the exact pair: alpha = lr x wd = 1e-2, gamma 1 = 1 - momentum, filter from the mapped state
+        {
+            "binary_opt.name": "filter",
+            "binary_opt.alpha": 1e-2,
+            "binary_opt.gamma": 1.0,
+            "binary_opt.state_init": "latent",
+        },
+        {"binary_opt.name": "sgd", "binary_opt.lr": 0.1, "binary_opt.momentum": 0.0, "binary_opt.weight_decay": 0.1},
     ]
     out["e6_schedules"] = [
         {**base, **opt, "schedule.name": sched, "schedule.step_epochs": max(1, size.epochs // 3), "seed": s}
@@ -131,7 +136,8 @@ def grids(size: Size) -> dict[str, list[dict[str, Any]]]:
         for mode in ("l2", "decoupled")
         for s in seeds
     ] + [
-        {**base, "binary_opt.name": "filter", "binary_opt.alpha": 1e-4, "binary_opt.gamma": 0.1, "seed": s}
+        # AdamW's twin: alpha = lr x wd, gamma = 1 - beta1
+        {**base, "binary_opt.name": "filter", "binary_opt.alpha": 1e-7, "binary_opt.gamma": 0.1, "seed": s}
         for s in seeds
     ]
     optimizers = [
@@ -245,6 +251,8 @@ def filter_view(config: TrainConfig) -> tuple[float, float]:
     """(alpha, gamma) the made-up law is a function of: the exact filter reading where there is one, else a
     plausible stand-in (Adam; latent SGD without weight decay, whose alpha is 0)."""
     opt = config.binary_opt
+    if opt.name == "frozen":  # never trained: made far worse than any trained cell
+        return 1e-7, 1.0
     alpha, gamma = filter_reading(flatten(config))
     if opt.name == "adam":
         return opt.lr * 0.3 * (1 + 1e3 * opt.eps) * (1.5 if opt.decay_mode == "decoupled" else 1.0), 1.0 - opt.beta1
