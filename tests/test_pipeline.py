@@ -54,7 +54,7 @@ def sgd_grid(tmp_path: Path, name: str, cells: list[tuple[float, float]]) -> Pat
     variants = "\n".join(f"    - {{binary_opt.lr: {lr}, binary_opt.weight_decay: {wd}}}" for lr, wd in cells)
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\nexperiment: e2\n"
-                    "base: {binary_opt.name: sgd, binary_opt.momentum: 0.0, init.scale: 1.0e-3}\n"
+                    "base: {binary_opt.name: sgd, binary_opt.momentum: 0.0, schedule.name: constant}\n"
                     f"axes:\n  cell:\n{variants}\npresets: {{smoke: {{}}}}\n")
     return path
 
@@ -102,8 +102,8 @@ def test_smoke_grid_logs_one_run_per_trial_and_a_rerun_starts_nothing(tmp_path: 
     assert sorted((results / "ray").iterdir()) == launches  # no Tune experiment was even started
 
     # A cell finished in e2 is copied into another grid, a cell shared by two grids of one launch runs once.
-    first = sgd_grid(tmp_path, "share_a", [(0.1, 1.0e-3), (1.0, 1.0e-1)])
-    second = sgd_grid(tmp_path, "share_b", [(1.0, 1.0e-1), (1.0, 1.0e-4)])
+    first = sgd_grid(tmp_path, "share_a", [(0.1, 1.0e-1), (1.0, 1.0e-3)])  # (0.1, 1e-1) is one of e2's
+    second = sgd_grid(tmp_path, "share_b", [(1.0, 1.0e-3), (1.0, 1.0e-4)])
     out = io.StringIO()
     shared = run_grids([str(first), str(second)], "smoke", results, out=out)
     assert [(g.adopted, g.to_run, g.finished) for g in shared.grids] == [(1, 1, 1), (0, 2, 2)]
@@ -113,7 +113,7 @@ def test_smoke_grid_logs_one_run_per_trial_and_a_rerun_starts_nothing(tmp_path: 
     source = client.get_run(adopted[0].data.tags["wmhp.adopted_from"])
     assert source.data.tags["wmhp.grid"] == "e2_lr_wd" and adopted[0].data.tags["wmhp.grid"] == "share_a"
     assert history(client, adopted[0].info.run_id, "test_acc") == history(client, source.info.run_id, "test_acc")
-    shared_hash = next(c.hash for c in expand(load_grid(second), "smoke") if c.config.binary_opt.weight_decay == 0.1)
+    shared_hash = next(c.hash for c in expand(load_grid(second), "smoke") if c.config.binary_opt.weight_decay == 1e-3)
     both = [r for g in ("share_a", "share_b") for r in runs_of(results, g)
             if r.data.tags["wmhp.config_hash"] == shared_hash]
     assert [r.data.tags["wmhp.grid"] for r in both] == ["share_a", "share_b"]
