@@ -68,15 +68,19 @@ def paired(a: pd.DataFrame, b: pd.DataFrame, value: str = "final_test_acc", on: 
 
 
 def noise_floor(runs: pd.DataFrame, by: list[str], value: str = "final_test_acc") -> float:
-    """Pooled within-cell seed standard deviation of ``value`` (NaN where no cell has two seeds)."""
-    squares, dof = 0.0, 0
+    """The typical seed noise of one cell: the median over cells (with >= 2 seeds) of the seed standard deviation
+    of ``value``; NaN where no cell has two seeds.
+
+    The median, not a pooled RMS: a few unstable cells (alpha 0.1 flipping every other step, say) would otherwise
+    set the margin for every comparison and make "same" easy and "greater" impossible (seen on the first cpu run).
+    """
+    stds = []
     for _, group in runs.groupby(by, dropna=False):
         values = group[value].to_numpy(dtype=float)
         values = values[np.isfinite(values)]
         if len(values) >= 2:
-            squares += float(((values - values.mean()) ** 2).sum())
-            dof += len(values) - 1
-    return math.sqrt(squares / dof) if dof else math.nan
+            stds.append(float(values.std(ddof=1)))
+    return float(np.median(stds)) if stds else math.nan
 
 
 def margin(noise: float) -> float:
