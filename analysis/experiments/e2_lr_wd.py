@@ -29,7 +29,7 @@ LR, WD, SCALE = "binary_opt.lr", "binary_opt.weight_decay", "init.scale"
 UNFORGOTTEN, FORGOTTEN = 1.0, 10.0
 PRODUCT_CLAIM = "lr and wd act only through alpha = lr x wd (default init, forgotten)"
 PRODUCT_RULE = (
-    "default-init cells; noise = pooled seed std over the cells, delta = max(0.5 pp, 2 x noise); for each "
+    "default-init cells; noise = median seed std of the cells, delta = max(0.5 pp, 2 x noise); for each "
     "iso-alpha diagonal with >= 2 cells, the paired-by-seed difference of its highest- minus lowest-mean cell, "
     "read with its 95 % t-interval: 'same' inside +-delta, 'different' wholly outside; and the paired-by-seed "
     "difference best - worst diagonal (diagonal mean per seed): 'greater' when its interval lies above delta "
@@ -196,7 +196,7 @@ def analyse(experiment: Experiment, out_dir: Path) -> Section:
         f"{len(ranges)} of them holding 2 or more cells",
         f"accuracy spread along a diagonal (mean of max - min): **{pp(along)}**; "
         f"across diagonals (max - min of diagonal means): **{pp(diag.mean().max() - diag.mean().min())}**",
-        f"seed noise (pooled std over seeds within cells): **{pp(noise)}**; equivalence margin delta **{pp(delta)}**",
+        f"seed noise (median seed std of a cell): **{pp(noise)}**; equivalence margin delta **{pp(delta)}**",
         f"highest mean cell (test accuracy shown, no selection made on it): lr {plotting.sci(best[LR])}, weight decay "
         f"{plotting.sci(best[WD])} (alpha {plotting.sci(best[LR] * best[WD])}): **{100 * best['mean']:.2f} %** "
         f"(n={int(best['n'])})",

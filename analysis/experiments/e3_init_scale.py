@@ -30,7 +30,7 @@ MAX_BANDS = 6  # more init scales than this: mean lines only, the bands would hi
 DECAY_CLAIM = "with weight decay, final accuracy does not depend on the init scale"
 DECAY_RULE = (
     "for each weight decay > 0: paired-by-seed difference acc(largest init scale) - acc(smallest), final test "
-    "accuracy, 95 % t-interval; noise = pooled seed std over the (scale, weight decay) cells, delta = max(0.5 pp, "
+    "accuracy, 95 % t-interval; noise = median seed std of the (scale, weight decay) cells, delta = max(0.5 pp, "
     "2 x noise). supported: every such difference 'same' (interval inside +-delta); not supported: any "
     "'different' (wholly outside); else inconclusive"
 )

@@ -26,7 +26,7 @@ MU = "binary_opt.momentum"
 VERDICT_CLAIM = "latent SGD at momentum mu and the filter at the exactly mapped (alpha, gamma) reach the same accuracy"
 RULE = (
     "per momentum: paired-by-seed difference latent SGD - filter (same setting, seed and init), final test "
-    "accuracy, 95 % t-interval; noise = pooled seed std over the cells of both optimizers, delta = max(0.5 pp, "
+    "accuracy, 95 % t-interval; noise = median seed std of the cells of both optimizers, delta = max(0.5 pp, "
     "2 x noise). supported: every momentum 'same' (interval inside +-delta); not supported: any 'different' "
     "(wholly outside); else inconclusive (also for fewer than 2 seeds)"
 )
@@ -129,7 +129,7 @@ def analyse(experiment: Experiment, out_dir: Path) -> Section:
         )
     if table.empty:
         section.notices.append("no latent-SGD run has its mapped filter twin: the paired panels are not drawn")
-    section.findings.append(f"seed noise (pooled std within cells): {pp(noise)}; equivalence margin delta {pp(delta)}")
+    section.findings.append(f"seed noise (median seed std of a cell): {pp(noise)}; equivalence margin delta {pp(delta)}")
     control = frozen_control(experiment)
     if control is not None:
         section.findings.append(f"frozen control: {100 * control.mean:.2f} % (n={control.n})")

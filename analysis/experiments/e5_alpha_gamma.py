@@ -28,7 +28,7 @@ ALPHA, GAMMA = "binary_opt.alpha", "binary_opt.gamma"
 ACC, VAL = "final_test_acc", "final_val_acc"
 CONTROL_GAP = 0.05  # the testbed can tell only if the best cell beats the frozen control by more than this
 RULE = (
-    "noise = pooled seed std over the filter cells, delta = max(0.5 pp, 2 x noise). Precondition: the cell chosen "
+    "noise = median seed std of the filter cells, delta = max(0.5 pp, 2 x noise). Precondition: the cell chosen "
     "on validation (highest mean final_val_acc) minus the frozen control, paired by seed on final_test_acc, reads "
     "`greater` than 5 pp (95 % CI above it); otherwise inconclusive (the testbed cannot tell). alpha acts when, at "
     "the chosen cell's gamma, the best minus the worst alpha (both chosen on validation), paired by seed on "
@@ -129,7 +129,7 @@ def analyse(experiment: Experiment, out_dir: Path) -> Section:
     worst = stats.loc[stats["mean"].idxmin()]
     section.findings += [
         f"{len(stats)} cells ({stats[ALPHA].nunique()} alphas x {stats[GAMMA].nunique()} gammas); seed noise "
-        f"(pooled std) **{pp(noise)}**, margin delta **{pp(margin(noise))}**",
+        f"(median cell std) **{pp(noise)}**, margin delta **{pp(margin(noise))}**",
         f"cell chosen on validation: {where(chosen)}: test **{ci(chosen['mean'], chosen['ci'], int(chosen['n']))}**",
         f"worst cell (test): {where(worst)}: **{ci(worst['mean'], worst['ci'], int(worst['n']))}**",
     ]

@@ -31,7 +31,7 @@ ORDER = ("constant", "linear", "cosine", "step")
 COLORS = dict(zip(ORDER, ("tab:gray", "tab:blue", "tab:purple", "tab:orange")))
 PAIR_RULE = (
     "pairs: latent SGD with momentum 0 and the filter with gamma 1 and alpha = lr x weight decay, same schedule "
-    "and seed. noise = pooled seed std over all cells, delta = max(0.5 pp, 2 x noise). Per schedule, the paired "
+    "and seed. noise = median seed std of all cells, delta = max(0.5 pp, 2 x noise). Per schedule, the paired "
     "difference sgd - filter of final_test_acc reads `same` (95 % CI inside +-delta), `different` (wholly "
     "outside) or `unclear`. supported: every schedule reads `same`; not supported: any reads `different`; "
     "otherwise (or no schedule with >= 2 paired seeds) inconclusive."

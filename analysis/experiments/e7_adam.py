@@ -31,7 +31,7 @@ LR, WD = "binary_opt.lr", "binary_opt.weight_decay"
 _DEFAULTS = flatten(resolve(from_flat({"binary_opt.name": "adam"})))
 RULE = (
     "AdamW: latent Adam with decoupled decay > 0 at the default beta2 and eps; its twin: the filter with "
-    "alpha = lr x weight decay and gamma = 1 - beta1. noise = pooled seed std over all cells, delta = max(0.5 pp, "
+    "alpha = lr x weight decay and gamma = 1 - beta1. noise = median seed std of all cells, delta = max(0.5 pp, "
     "2 x noise). The paired (by seed) difference AdamW - twin of final_test_acc: `same` (95 % CI inside +-delta) "
     "-> supported; `different` (wholly outside) -> not supported; otherwise (or < 2 paired seeds) inconclusive."
 )
@@ -109,7 +109,7 @@ def analyse(experiment: Experiment, out_dir: Path) -> Section:
             d = diffs[cell]
             text += f"; minus AdamW, paired: **{pp(d.mean)}** ± {pp(d.half)} (n={d.n}, {equivalence(d, delta)})"
         section.findings.append(text)
-    section.findings.append(f"seed noise (pooled std) **{pp(noise)}**, margin delta **{pp(delta)}**")
+    section.findings.append(f"seed noise (median cell std) **{pp(noise)}**, margin delta **{pp(delta)}**")
     if adamw is None:
         experiment.notices.append("no AdamW cell (decoupled decay > 0, default beta2/eps): no paired differences")
     section.caption = experiment.caption()

@@ -33,7 +33,7 @@ LABELS = {**plotting.OPTIMIZER_LABELS, "frozen": "frozen control"}
 _NAME_OF_LABEL = {label: name for name, label in LABELS.items()}
 RULE = (
     "per dataset/model: the filter cell and the best baseline cell (latent Adam, latent SGD or Bop), each chosen "
-    "on validation (highest mean final_val_acc); noise = pooled seed std over that context's cells, delta = "
+    "on validation (highest mean final_val_acc); noise = median seed std of that context's cells, delta = "
     "max(0.5 pp, 2 x noise). The paired (by seed) difference filter - baseline of final_test_acc: 95 % CI lower "
     "bound > -delta -> supported (non-inferior); upper bound < -delta -> not supported; otherwise (or < 2 paired "
     "seeds) inconclusive."
