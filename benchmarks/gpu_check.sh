@@ -7,4 +7,7 @@ cd "$(dirname "$0")/.."
 export CUBLAS_WORKSPACE_CONFIG="${CUBLAS_WORKSPACE_CONFIG:-:4096:8}"
 export RAY_USAGE_STATS_ENABLED="${RAY_USAGE_STATS_ENABLED:-0}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python}" -m benchmarks.gpu_check "$@"
+# The project's virtualenv (make install) unless PYTHON names another interpreter with torch.
+default_python=python3
+[ -x .venv/bin/python ] && default_python=.venv/bin/python
+exec "${PYTHON:-$default_python}" -m benchmarks.gpu_check "$@"
