@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from pipeline.grids import GridError, expand, find_grid, load_grid
-from tests.test_pipeline_kill import stop_leftovers
+from tests.test_pipeline_kill import finished_runs, stop_leftovers
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -168,19 +168,4 @@ def test_killed_e9_launch_rerun_runs_every_trial_exactly_once(tmp_path: Path) ->
 
 
 def finished_runs_of(results: Path, driver_alive: bool = True) -> list:
-    """FINISHED runs of the kill test's grid (see test_pipeline_kill.finished_runs for the read-only probe)."""
-    import sqlite3
-
-    db = results / "mlflow.db"
-    if driver_alive:
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-                if not connection.execute("SELECT 1 FROM experiments WHERE name = 'wmhp/e9_killme'").fetchall():
-                    return []
-        except sqlite3.Error:
-            return []
-    client = mlflow.MlflowClient(f"sqlite:///{db}")
-    experiment = client.get_experiment_by_name("wmhp/e9_killme")
-    if experiment is None:
-        return []
-    return client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+    return finished_runs(results, driver_alive, experiment_name="wmhp/e9_killme")

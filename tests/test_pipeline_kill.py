@@ -51,8 +51,8 @@ def stop_leftovers(pgid: int) -> None:
             time.sleep(0.2)
 
 
-def finished_runs(results: Path, driver_alive: bool = True) -> list:
-    """FINISHED runs of the test grid.
+def finished_runs(results: Path, driver_alive: bool = True, experiment_name: str = "wmhp/killme") -> list:
+    """FINISHED runs of the test grid's MLflow experiment.
 
     While the driver lives, a read-only probe comes first: a client opening a half-created store would run schema
     migrations concurrently. Once the driver is SIGKILLed mid-transaction it may leave a hot journal, which only a
@@ -63,12 +63,13 @@ def finished_runs(results: Path, driver_alive: bool = True) -> list:
     if driver_alive:
         try:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
-                if not connection.execute("SELECT 1 FROM experiments WHERE name = 'wmhp/killme'").fetchall():
+                query = "SELECT 1 FROM experiments WHERE name = ?"
+                if not connection.execute(query, (experiment_name,)).fetchall():
                     return []
         except sqlite3.Error:
             return []
     client = mlflow.MlflowClient(f"sqlite:///{db}")
-    experiment = client.get_experiment_by_name("wmhp/killme")
+    experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return []
     return client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
