@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import queue
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +14,7 @@ import pandas as pd
 import pytest
 
 from pipeline.grids import GridError, expand, find_grid, load_grid
-from tests.test_pipeline_kill import finished_runs, stop_leftovers
+from tests.test_pipeline_kill import finished_runs, kill_driver_after, stop_leftovers
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -125,34 +122,16 @@ def test_killed_e9_launch_rerun_runs_every_trial_exactly_once(tmp_path: Path) ->
     results = tmp_path / "results"
     command = [sys.executable, "-m", "wmhp.cli", "ablate", str(grid), "--preset", "smoke", "--results-dir",
                str(results)]
-    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-                              start_new_session=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in driver.stdout], daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and driver.poll() is None:  # pool done, a TPE trial finished: kill
-            try:
-                seen.append(lines.get(timeout=1))
-            except queue.Empty:
-                continue
-            if "] done   run_search_trial" in seen[-1]:
-                break
-        while time.monotonic() < deadline and len(finished_runs_of(results)) < 4:
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=60)
-    finally:
-        time.sleep(1)
-        stop_leftovers(driver.pid)
+    # The random pool is done and a TPE trial finished: kill the driver.
+    seen, pgid = kill_driver_after(command, "] done   run_search_trial", lambda: len(finished_runs_of(results)) >= 4,
+                                env=ENV)
     before = finished_runs_of(results, driver_alive=False)
     assert 4 <= len(before) < 9, "".join(seen)
 
     try:
         rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
     finally:
-        stop_leftovers(driver.pid)
+        stop_leftovers(pgid)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert f"{len(before)} done before" in rerun.stdout
 

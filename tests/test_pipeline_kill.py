@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -75,6 +76,34 @@ def finished_runs(results: Path, driver_alive: bool = True, experiment_name: str
     return client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
 
 
+def kill_driver_after(command: list[str], marker: str, ready: Callable[[], bool],
+                      env: dict[str, str] | None = None) -> tuple[list[str], int]:
+    """Start the ``wmhp ablate`` driver, wait for an output line containing ``marker`` and then for ``ready()``,
+    SIGKILL it and end its leftover Ray processes; return the lines it printed and its process group."""
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                              start_new_session=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in driver.stdout], daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and driver.poll() is None:
+            try:
+                seen.append(lines.get(timeout=1))
+            except queue.Empty:
+                continue
+            if marker in seen[-1]:
+                break
+        while time.monotonic() < deadline and not ready():
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        time.sleep(1)
+        stop_leftovers(driver.pid)
+    return seen, driver.pid
+
+
 def test_sigkill_mid_grid_then_rerun_finishes_every_cell_exactly_once(tmp_path: Path) -> None:
     grid = tmp_path / "killme.yaml"
     grid.write_text(textwrap.dedent("""\
@@ -87,27 +116,8 @@ def test_sigkill_mid_grid_then_rerun_finishes_every_cell_exactly_once(tmp_path: 
         """))
     hashes = {c.hash for c in expand(load_grid(grid), "smoke")}
     results = tmp_path / "results"
-    driver = subprocess.Popen(ablate(grid, results), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in driver.stdout], daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:  # the first cell is done ...
-            try:
-                seen.append(lines.get(timeout=1))
-            except queue.Empty:
-                continue
-            if "] done" in seen[-1]:
-                break
-        while time.monotonic() < deadline and not finished_runs(results):  # ... and recorded: kill the driver
-            time.sleep(0.2)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=60)
-    finally:
-        time.sleep(1)
-        stop_leftovers(driver.pid)
+    # The first cell is done and recorded: kill the driver.
+    seen, pgid = kill_driver_after(ablate(grid, results), "] done", lambda: bool(finished_runs(results)))
     assert any("] done" in line for line in seen), "".join(seen)
 
     before = {r.data.tags["wmhp.config_hash"]: r.info.run_id
@@ -117,7 +127,7 @@ def test_sigkill_mid_grid_then_rerun_finishes_every_cell_exactly_once(tmp_path: 
     try:
         rerun = subprocess.run(ablate(grid, results), capture_output=True, text=True, timeout=600)
     finally:
-        stop_leftovers(driver.pid)  # agents of the killed session may outlive the first sweep
+        stop_leftovers(pgid)  # agents of the killed session may outlive the first sweep
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{len(before)} done before" in rerun.stdout
 
