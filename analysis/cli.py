@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from analysis.schema import SchemaError
-
-DEFAULT_RESULTS = Path("results")
+from wmhp.contract import DEFAULT_RESULTS_DIR as DEFAULT_RESULTS
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:

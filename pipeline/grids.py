@@ -2,8 +2,8 @@
 
 A grid file (``pipeline/grids/eN_<name>.yaml``) is YAML with these top-level keys::
 
-    name: e2_lr_wd            # grid name: MLflow experiment "wmhp/<name>", trial names; [A-Za-z0-9_.-]
-    experiment: e2            # the paper experiment it regenerates (tag wmhp.experiment)
+    name: e2_lr_wd            # grid name: its MLflow experiment (wmhp.contract), trial names; [A-Za-z0-9_.-]
+    experiment: e2            # the paper experiment it regenerates (a run tag, and the start of run names)
     description: one line     # the claim it tests (optional)
     base: {...}               # TrainConfig overrides shared by every preset, nested or dotted
     axes:                     # cartesian product over the axes, in file order
@@ -52,6 +52,7 @@ from bnn.config import (
     step1_config,
 )
 from pipeline.cost import TRAIN_SIZES
+from wmhp.contract import run_name
 
 GRID_DIR = Path(__file__).resolve().parent / "grids"
 SCALES_FILE = GRID_DIR / "scales.yaml"
@@ -108,10 +109,13 @@ class Cell:
     hash: str
     label: dict[str, Any]
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (search grids: space, searcher, ...)
+    run_name: str = field(init=False, compare=False)  # from the label as the cell was made (wmhp.contract.run_name)
 
-    @property
-    def run_name(self) -> str:
-        return f"{self.grid}-{self.hash}"
+    def __post_init__(self) -> None:
+        swept: dict[str, Any] = {}
+        for key, value in self.label.items():  # a zipped axis' value is a {field: value} mapping
+            swept.update(value if isinstance(value, dict) else {key: value})
+        object.__setattr__(self, "run_name", run_name(self.experiment, swept, self.config.seed))
 
 
 # --- finding grid files ------------------------------------------------------------------------------------

@@ -26,11 +26,12 @@ from bnn.config import config_hash, step1_config, to_dict
 from pipeline.cost import format_duration, trial_seconds
 from pipeline.grids import Cell, Grid, GridError, load_cells
 from pipeline.lease import LaunchLease, LeaseHeld
-from pipeline.tracking import Tracker, create_sqlite_store, default_tracking_uri, sqlite_path, unusable_sqlite_store
+from pipeline.tracking import Tracker, create_sqlite_store, sqlite_path, unusable_sqlite_store
 from pipeline.writer import TrackingWriter
 from pipeline.trial import FAULT_ENV, FAULT_KILL_ENV, CELL_DIR_PREFIX, Resumable, find_resumable, parse_fault_spec
 from pipeline.search import parse_search
 from pipeline.search_run import TpeJob, finished_tpe, run_tpe, tpe_jobs
+from wmhp.contract import default_tracking_uri
 
 # Ray/Tune behaviour the pipeline relies on; set before Ray is imported (stack.md).
 _RAY_ENV = {

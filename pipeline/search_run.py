@@ -29,6 +29,7 @@ from pipeline.search import (
     search_tags,
     tpe_seed,
 )
+from wmhp.contract import TAG_REPEAT, TAG_SEARCH_POINT, TAG_SEARCHER, TAG_SPACE
 
 POINT = "point"  # trial config key of the sampled values; Optuna names them "point/<field>"
 JOB = "job"  # trial config key: which (space, repeat) proposed the trial
@@ -91,12 +92,12 @@ def finished_tpe(tracker: Any, experiment_ids: dict[str, str], metrics: dict[str
     for grid, eid in experiment_ids.items():
         if grid not in metrics:
             continue
-        runs = tracker._search([eid], "attributes.status = 'FINISHED' and tags.`wmhp.searcher` = 'tpe'")
+        runs = tracker.search([eid], f"attributes.status = 'FINISHED' and tags.`{TAG_SEARCHER}` = 'tpe'")
         for run in sorted(runs, key=lambda r: r.info.start_time or 0):
             tags = run.data.tags
             score = run.data.metrics.get(metrics[grid], math.nan)
-            key = (grid, tags.get("wmhp.space", ""), int(tags.get("wmhp.repeat", "0")))
-            out.setdefault(key, []).append((json.loads(tags.get("wmhp.search_point", "{}")), score))
+            key = (grid, tags.get(TAG_SPACE, ""), int(tags.get(TAG_REPEAT, "0")))
+            out.setdefault(key, []).append((json.loads(tags.get(TAG_SEARCH_POINT, "{}")), score))
     return out
 
 

@@ -1,6 +1,6 @@
 """The Tune trainable (one cell = one trial) and the checkpoints it leaves in Tune storage.
 
-A trial trains in a local working directory that holds bnn.train's ``state.pt`` plus ``history.json`` (every
+A trial trains in a local working directory that holds bnn.train's STATE_FILE plus HISTORY_FILE (every
 epoch's metrics so far, and the size of the state file it belongs with). After each epoch the directory is
 reported as a ``tune.Checkpoint``, which Tune copies to ``<storage>/<launch>/cell-<config_hash>/``. A retried
 trial restarts from ``tune.get_checkpoint()``; a cell whose driver was killed restarts, in the next launch, from
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HISTORY_FILE = "history.json"
-STATE_FILE = "state.pt"
+from wmhp.contract import HISTORY_FILE, STATE_FILE
+
 CELL_DIR_PREFIX = "cell-"
 FAULT_ENV = "WMHP_FAULT_ONCE"
 FAULT_KILL_ENV = "WMHP_FAULT_KILL"

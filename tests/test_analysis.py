@@ -1,6 +1,6 @@
 """analysis: MLflow runs in the pipeline's exact form -> parquet -> figures, tables and REPORT.md.
 
-The runs are logged through the real MLflow client into a real sqlite store (analysis.synthetic: real configs,
+The runs are logged through the real MLflow client into a real sqlite store (benchmarks.synthetic: real configs,
 params, tags, statuses, curves.csv artifacts; made-up numbers). Every number the report states is recomputed
 here from the parquet files with code independent of analysis/.
 """
@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis import collect, make_figures, synthetic
+from analysis import collect, make_figures
+from benchmarks import synthetic
 from analysis.cli import collect_main, figures_main
 from analysis.schema import arrow_type, runs_schema
 from bnn.config import config_hash, field_names, field_type, from_flat
