@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -75,7 +76,8 @@ def test_smoke_grid_logs_one_run_per_trial_and_a_rerun_starts_nothing(tmp_path: 
     assert sorted(r.data.tags["wmhp.config_hash"] for r in runs) == sorted(cells)
     for run in runs:
         cell = cells[run.data.tags["wmhp.config_hash"]]
-        assert run.info.status == "FINISHED" and run.info.run_name == f"e2_lr_wd-{cell.hash}"
+        assert run.info.status == "FINISHED" and run.info.run_name == cell.run_name
+        assert re.fullmatch(r"e2 lr=\S+ weight_decay=\S+ (\S+ )*seed=\d+", cell.run_name)  # says the cell
         tags = run.data.tags
         assert (tags["wmhp.experiment"], tags["wmhp.grid"], tags["wmhp.preset"]) == ("e2", "e2_lr_wd", "smoke")
         assert tags["wmhp.code_version"].startswith("0.")
