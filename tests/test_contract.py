@@ -54,7 +54,8 @@ def test_analysis_curve_columns_are_the_metrics_bnn_reports() -> None:
         ({"binary_opt.name": "frozen"}, 2, "e5 binary_opt=frozen seed=2"),  # a section's name goes by the section
         ({"binary_opt.lr": 1.0, "real_opt.lr": 5e-4, "init.scale": 2.0202e-3, "binary_opt.alpha": None}, 1,
          "e5 binary_opt.lr=1 real_opt.lr=5e-4 scale=2.0202e-3 seed=1"),  # shared short names spelled out; None left out
-        ({"model.hidden": [64, 32], "data.augment": False, "epochs": 3}, 0, "e5 hidden=64x32 augment=false epochs=3 seed=0"),
+        ({"model.hidden": [64, 32], "data.augment": False, "epochs": 3}, 0,
+         "e5 hidden=64x32 augment=false epochs=3 seed=0"),
     ],
 )
 def test_run_names_say_the_cell(swept, seed, name) -> None:
