@@ -1,7 +1,8 @@
 """analysis: MLflow runs in the pipeline's exact form -> parquet -> figures, tables and REPORT.md.
 
-The runs are logged through the real MLflow client into a real sqlite store (benchmarks.synthetic: real configs,
-params, tags, statuses, curves.csv artifacts; made-up numbers). Every number the report states is recomputed
+The runs are logged by the pipeline's own Tracker into a real sqlite store (benchmarks.synthetic: real configs,
+params, tags, statuses, curves.csv artifacts; made-up numbers), so a change to what the pipeline stores that
+analysis does not follow fails here. Every number the report states is recomputed
 here from the parquet files with code independent of analysis/.
 """
 
