@@ -88,6 +88,11 @@ def test_one_row_per_run_with_status_kept(results, mlflow_runs):
         assert row.config_hash == run.data.tags["wmhp.config_hash"]
         assert row.grid == run.data.tags["wmhp.grid"] and row.experiment == run.data.tags["wmhp.experiment"]
     assert set(runs["status"]) == {"FINISHED", "FAILED", "KILLED", "RUNNING"}
+    # Run names say the cell; a killed run and the rerun of its cell share one.
+    killed = runs[runs["status"] == "KILLED"].iloc[0]
+    rerun = runs[(runs["config_hash"] == killed["config_hash"]) & (runs["status"] == "FINISHED")]
+    assert rerun["run_name"].tolist() == [killed["run_name"]]
+    assert re.fullmatch(r"e2 binary_opt=sgd lr=\S+ weight_decay=\S+ seed=\d+", killed["run_name"])
 
 
 def test_config_columns_are_typed_and_round_trip_to_the_config_hash(results):
