@@ -60,6 +60,43 @@ class Resumable:
     def epochs(self) -> int:
         return len(self.history)
 
+    @property
+    def checkpoint(self) -> StoredCheckpoint:
+        return StoredCheckpoint(self.storage, self.path, self.older)
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint directory on Tune storage: where a trial resumes (with fallbacks) or starts step 2 from."""
+
+    storage: str
+    path: str  # on storage_filesystem(storage)
+    older: tuple[str, ...] = ()  # fallbacks, most epochs first
+
+
+@dataclass(frozen=True)
+class TrialCell:
+    """The payload of one trial: which cell it trains and where it starts from (Tune pickles it to the worker)."""
+
+    hash: str
+    grids: tuple[str, ...]  # the grids whose runs it is logged to (several when grids of one launch share it)
+    config: dict[str, Any]  # bnn.config.to_dict of the resolved config: the worker re-resolves and checks the hash
+    resume: StoredCheckpoint | None = None  # newest checkpoint an earlier launch left for this hash
+    init: StoredCheckpoint | None = None  # stage step2: the finished step-1 run's checkpoint
+
+    @property
+    def epochs(self) -> int:
+        return int(self.config["epochs"])
+
+
+@dataclass(frozen=True)
+class TrialOptions:
+    """Per-launch settings every trial gets."""
+
+    threads: int = 1  # torch threads: the trial's CPUs
+    fault_once: str | None = None  # test hook, see the module docstring
+    fault_kill: bool = False
+
 
 def find_resumable(storage: str, hashes: set[str]) -> dict[str, Resumable]:
     """For each hash in ``hashes``, the checkpoint with the most epochs under ``<storage>/*/cell-<hash>/``."""
@@ -114,19 +151,19 @@ def _complete_history(fs: Any, path: str) -> list[dict[str, float]] | None:
     return history if epochs and epochs == list(range(1, len(epochs) + 1)) else None
 
 
-def copy_checkpoint(resumable: dict[str, str], destination: Path) -> None:
+def copy_checkpoint(source: StoredCheckpoint, destination: Path) -> None:
     import pyarrow.fs
 
-    fs, _ = storage_filesystem(resumable["storage"])
-    pyarrow.fs.copy_files(resumable["path"], str(destination), source_filesystem=fs,
+    fs, _ = storage_filesystem(source.storage)
+    pyarrow.fs.copy_files(source.path, str(destination), source_filesystem=fs,
                           destination_filesystem=pyarrow.fs.LocalFileSystem())
 
 
-def restore_checkpoint(cell: dict[str, Any], work: Path) -> None:
+def restore_checkpoint(cell: TrialCell, work: Path) -> None:
     """Fill ``work`` with the newest checkpoint of this cell that loads safely, or leave it empty (a fresh start).
 
     Tried in order: the checkpoint Tune hands a retried trial, then the earlier launches' checkpoints from
-    ``cell["resume"]`` (newest first). One that bnn.train cannot load with weights_only (truncated, garbage, or a
+    ``cell.resume`` (newest first). One that bnn.train cannot load with weights_only (truncated, garbage, or a
     planted pickle) is named in a warning and renamed on storage to ``state.pt.corrupt-<time>``, so that no later
     launch picks it again.
     """
@@ -138,10 +175,10 @@ def restore_checkpoint(cell: dict[str, Any], work: Path) -> None:
     restored = tune.get_checkpoint()
     if restored is not None:
         sources.append((restored.filesystem, restored.path))
-    resume = cell.get("resume")
-    if resume:
-        fs, _ = storage_filesystem(resume["storage"])
-        sources += [(fs, path) for path in [resume["path"], *resume.get("older", [])]]
+    resume = cell.resume
+    if resume is not None:
+        fs, _ = storage_filesystem(resume.storage)
+        sources += [(fs, path) for path in [resume.path, *resume.older]]
     for fs, path in sources:
         _empty(work)
         try:
@@ -224,8 +261,7 @@ def maybe_fault(spec: tuple[str, int] | None, digest: str, epoch: int, kill: boo
 
 # --- the trainable ---------------------------------------------------------------------------------------
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable. ``config``: {"cell": {hash, config, resume, init}, "options": {threads,
-    fault_once}}; ``init`` (stage step2): where the finished step-1 run's checkpoint lies, like ``resume``."""
+    """Tune function trainable. ``config``: {"cell": TrialCell, "options": TrialOptions}."""
     import torch
     from ray import tune
 
@@ -233,24 +269,25 @@ def run_trial(config: dict[str, Any]) -> None:
     from bnn.train import train
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
-    cell, options = config["cell"], config["options"]
-    torch.set_num_threads(options["threads"])
-    train_config = resolve(from_dict(cell["config"]))
-    if config_hash(train_config) != cell["hash"]:
+    cell: TrialCell = config["cell"]
+    options: TrialOptions = config["options"]
+    torch.set_num_threads(options.threads)
+    train_config = resolve(from_dict(cell.config))
+    if config_hash(train_config) != cell.hash:
         raise RuntimeError(
-            f"cell {cell['hash']}: this worker resolves the config to {config_hash(train_config)}; "
+            f"cell {cell.hash}: this worker resolves the config to {config_hash(train_config)}; "
             "the driver and the workers run different wmhp versions"
         )
-    fault = parse_fault_spec(options.get("fault_once"))
-    work = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-"))
+    fault = parse_fault_spec(options.fault_once)
+    work = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell.hash}-"))
     try:
         restore_checkpoint(cell, work)
         history = read_history(work)
         restored = {RESTORED_KEY: json.dumps(history)}  # the driver backfills the run from what was loaded
         init_from = None
-        if cell.get("init") and not (work / STATE_FILE).exists():
-            step1 = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-step1-", dir=work.parent))
-            copy_checkpoint(cell["init"], step1)
+        if cell.init is not None and not (work / STATE_FILE).exists():
+            step1 = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell.hash}-step1-", dir=work.parent))
+            copy_checkpoint(cell.init, step1)
             init_from = step1 / STATE_FILE
 
         def report(metrics: dict[str, float]) -> None:
@@ -259,7 +296,7 @@ def run_trial(config: dict[str, Any]) -> None:
             result = {"wmhp": metrics, **restored}
             restored.clear()
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
-            maybe_fault(fault, cell["hash"], int(metrics["epoch"]), kill=bool(options.get("fault_kill")))
+            maybe_fault(fault, cell.hash, int(metrics["epoch"]), kill=options.fault_kill)
 
         train(train_config, report=report, checkpoint_dir=work, init_from=init_from)
     finally:
