@@ -13,7 +13,7 @@ from pipeline.cost import trial_seconds
 from pipeline.grids import Cell
 from pipeline.options import LaunchError, LaunchOptions
 from pipeline.plan import Plan
-from pipeline.trial import CELL_DIR_PREFIX, Resumable, StoredCheckpoint, TrialCell, find_resumable
+from pipeline.trial import CELL_DIR_PREFIX, Resumable, StoredCheckpoint, cell_payload, find_resumable, stored_checkpoint
 from pipeline.writer import TrackingWriter
 
 
@@ -106,7 +106,7 @@ def _step1_checkpoints(storage: str, cells: dict[str, Cell]) -> dict[str, Stored
     step1 = {d: config_hash(step1_config(c.config)) for d, c in cells.items()}
     found = find_resumable(storage, set(step1.values()))
     return {
-        d: StoredCheckpoint(storage, found[h].path)
+        d: stored_checkpoint(storage, found[h].path)
         for d, h in step1.items()
         if h in found and found[h].epochs == cells[d].config.epochs
     }
@@ -147,8 +147,8 @@ def _run_phase(plan: Plan, targets: dict[str, list[Cell]], inits: dict[str, Stor
     estimates = {d: remaining_s(c, resumable, options.gpu) for d, c in cells.items()}
     order = sorted(cells, key=lambda d: -estimates[d])  # longest first: fewer stragglers at the end
     payloads = [
-        TrialCell(digest, tuple(cell.grid for cell in targets[digest]), to_dict(cells[digest].config),
-                  resume=resumable[digest].checkpoint if digest in resumable else None, init=inits.get(digest))
+        cell_payload(digest, [cell.grid for cell in targets[digest]], to_dict(cells[digest].config),
+                   resume=resumable[digest].checkpoint if digest in resumable else None, init=inits.get(digest))
         for digest in order
     ]
     logger = MlflowLogger(writer, summary.preset, targets, experiment_ids, {d: r.history for d, r in resumable.items()})
@@ -161,8 +161,8 @@ def _run_phase(plan: Plan, targets: dict[str, list[Cell]], inits: dict[str, Stor
             num_samples=1,
             max_concurrent_trials=options.max_concurrent,
             reuse_actors=True,
-            trial_name_creator=lambda t: f"{t.config['cell'].grids[0]}-{t.config['cell'].hash}",
-            trial_dirname_creator=lambda t: f"{CELL_DIR_PREFIX}{t.config['cell'].hash}",
+            trial_name_creator=lambda t: f"{t.config['cell']['grids'][0]}-{t.config['cell']['hash']}",
+            trial_dirname_creator=lambda t: f"{CELL_DIR_PREFIX}{t.config['cell']['hash']}",
         ),
         run_config=tune.RunConfig(
             name=f"ablate-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}" + ("-step2" if phase else ""),

@@ -69,8 +69,7 @@ class LaunchOptions:
         return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
 
     def trial_options(self) -> TrialOptions:
-        return TrialOptions(threads=max(1, int(self.cpus_per_trial)), fault_once=self.fault,
-                            fault_kill=self.fault_kill)
+        return {"threads": max(1, int(self.cpus_per_trial)), "fault_once": self.fault, "fault_kill": self.fault_kill}
 
     def concurrency(self, cpus: float, gpus: float = 0.0) -> int:
         """Trials that fit at once in ``cpus`` / ``gpus``, capped by --max-concurrent (at least 1)."""

@@ -29,7 +29,7 @@ from pipeline.search import (
     search_tags,
     tpe_seed,
 )
-from pipeline.trial import TrialCell
+from pipeline.trial import TrialCell, cell_payload
 
 POINT = "point"  # trial config key of the sampled values; Optuna names them "point/<field>"
 JOB = "job"  # trial config key: which (space, repeat) proposed the trial
@@ -113,7 +113,7 @@ def trial_cell(job: SearchJob, point: dict[str, Any], index: int = 0) -> Cell:
 
 
 def _trial_payload(cell: Cell) -> TrialCell:
-    return TrialCell(cell.hash, (cell.grid,), to_dict(cell.config))
+    return cell_payload(cell.hash, [cell.grid], to_dict(cell.config))
 
 
 def run_search_trial(config: dict[str, Any]) -> None:

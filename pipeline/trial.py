@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 HISTORY_FILE = "history.json"
 STATE_FILE = "state.pt"
@@ -62,40 +62,45 @@ class Resumable:
 
     @property
     def checkpoint(self) -> StoredCheckpoint:
-        return StoredCheckpoint(self.storage, self.path, self.older)
+        return stored_checkpoint(self.storage, self.path, self.older)
 
 
-@dataclass(frozen=True)
-class StoredCheckpoint:
+# The trial payload is plain data on purpose: Tune swaps every non-primitive value of a param_space (a dataclass,
+# say) for a placeholder tuple that it resolves only once the trial is queued, after trial_name_creator and
+# trial_dirname_creator have read the config. TypedDicts keep it checkable and still plain dicts at run time.
+class StoredCheckpoint(TypedDict):
     """A checkpoint directory on Tune storage: where a trial resumes (with fallbacks) or starts step 2 from."""
 
     storage: str
     path: str  # on storage_filesystem(storage)
-    older: tuple[str, ...] = ()  # fallbacks, most epochs first
+    older: list[str]  # fallbacks, most epochs first
 
 
-@dataclass(frozen=True)
-class TrialCell:
-    """The payload of one trial: which cell it trains and where it starts from (Tune pickles it to the worker)."""
+class TrialCell(TypedDict):
+    """The payload of one trial: which cell it trains and where it starts from."""
 
     hash: str
-    grids: tuple[str, ...]  # the grids whose runs it is logged to (several when grids of one launch share it)
+    grids: list[str]  # the grids whose runs it is logged to (several when grids of one launch share it)
     config: dict[str, Any]  # bnn.config.to_dict of the resolved config: the worker re-resolves and checks the hash
-    resume: StoredCheckpoint | None = None  # newest checkpoint an earlier launch left for this hash
-    init: StoredCheckpoint | None = None  # stage step2: the finished step-1 run's checkpoint
-
-    @property
-    def epochs(self) -> int:
-        return int(self.config["epochs"])
+    resume: StoredCheckpoint | None  # the newest checkpoint an earlier launch left for this hash
+    init: StoredCheckpoint | None  # stage step2: the finished step-1 run's checkpoint
 
 
-@dataclass(frozen=True)
-class TrialOptions:
+class TrialOptions(TypedDict):
     """Per-launch settings every trial gets."""
 
-    threads: int = 1  # torch threads: the trial's CPUs
-    fault_once: str | None = None  # test hook, see the module docstring
-    fault_kill: bool = False
+    threads: int  # torch threads: the trial's CPUs
+    fault_once: str | None  # test hook, see the module docstring
+    fault_kill: bool
+
+
+def cell_payload(digest: str, grids: list[str], config: dict[str, Any], resume: StoredCheckpoint | None = None,
+               init: StoredCheckpoint | None = None) -> TrialCell:
+    return {"hash": digest, "grids": grids, "config": config, "resume": resume, "init": init}
+
+
+def stored_checkpoint(storage: str, path: str, older: tuple[str, ...] | list[str] = ()) -> StoredCheckpoint:
+    return {"storage": storage, "path": path, "older": list(older)}
 
 
 def find_resumable(storage: str, hashes: set[str]) -> dict[str, Resumable]:
@@ -154,8 +159,8 @@ def _complete_history(fs: Any, path: str) -> list[dict[str, float]] | None:
 def copy_checkpoint(source: StoredCheckpoint, destination: Path) -> None:
     import pyarrow.fs
 
-    fs, _ = storage_filesystem(source.storage)
-    pyarrow.fs.copy_files(source.path, str(destination), source_filesystem=fs,
+    fs, _ = storage_filesystem(source["storage"])
+    pyarrow.fs.copy_files(source["path"], str(destination), source_filesystem=fs,
                           destination_filesystem=pyarrow.fs.LocalFileSystem())
 
 
@@ -163,7 +168,7 @@ def restore_checkpoint(cell: TrialCell, work: Path) -> None:
     """Fill ``work`` with the newest checkpoint of this cell that loads safely, or leave it empty (a fresh start).
 
     Tried in order: the checkpoint Tune hands a retried trial, then the earlier launches' checkpoints from
-    ``cell.resume`` (newest first). One that bnn.train cannot load with weights_only (truncated, garbage, or a
+    ``cell["resume"]`` (newest first). One that bnn.train cannot load with weights_only (truncated, garbage, or a
     planted pickle) is named in a warning and renamed on storage to ``state.pt.corrupt-<time>``, so that no later
     launch picks it again.
     """
@@ -175,10 +180,10 @@ def restore_checkpoint(cell: TrialCell, work: Path) -> None:
     restored = tune.get_checkpoint()
     if restored is not None:
         sources.append((restored.filesystem, restored.path))
-    resume = cell.resume
+    resume = cell["resume"]
     if resume is not None:
-        fs, _ = storage_filesystem(resume.storage)
-        sources += [(fs, path) for path in [resume.path, *resume.older]]
+        fs, _ = storage_filesystem(resume["storage"])
+        sources += [(fs, path) for path in [resume["path"], *resume["older"]]]
     for fs, path in sources:
         _empty(work)
         try:
@@ -271,23 +276,23 @@ def run_trial(config: dict[str, Any]) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
     cell: TrialCell = config["cell"]
     options: TrialOptions = config["options"]
-    torch.set_num_threads(options.threads)
-    train_config = resolve(from_dict(cell.config))
-    if config_hash(train_config) != cell.hash:
+    torch.set_num_threads(options["threads"])
+    train_config = resolve(from_dict(cell["config"]))
+    if config_hash(train_config) != cell["hash"]:
         raise RuntimeError(
-            f"cell {cell.hash}: this worker resolves the config to {config_hash(train_config)}; "
+            f"cell {cell['hash']}: this worker resolves the config to {config_hash(train_config)}; "
             "the driver and the workers run different wmhp versions"
         )
-    fault = parse_fault_spec(options.fault_once)
-    work = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell.hash}-"))
+    fault = parse_fault_spec(options["fault_once"])
+    work = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-"))
     try:
         restore_checkpoint(cell, work)
         history = read_history(work)
         restored = {RESTORED_KEY: json.dumps(history)}  # the driver backfills the run from what was loaded
         init_from = None
-        if cell.init is not None and not (work / STATE_FILE).exists():
-            step1 = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell.hash}-step1-", dir=work.parent))
-            copy_checkpoint(cell.init, step1)
+        if cell["init"] is not None and not (work / STATE_FILE).exists():
+            step1 = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-step1-", dir=work.parent))
+            copy_checkpoint(cell["init"], step1)
             init_from = step1 / STATE_FILE
 
         def report(metrics: dict[str, float]) -> None:
@@ -296,7 +301,7 @@ def run_trial(config: dict[str, Any]) -> None:
             result = {"wmhp": metrics, **restored}
             restored.clear()
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
-            maybe_fault(fault, cell.hash, int(metrics["epoch"]), kill=options.fault_kill)
+            maybe_fault(fault, cell["hash"], int(metrics["epoch"]), kill=options["fault_kill"])
 
         train(train_config, report=report, checkpoint_dir=work, init_from=init_from)
     finally:
