@@ -1,12 +1,18 @@
-"""pipeline.plan.classify, the one decision of done / adopt / run / resume: pure, so no Ray and no MLflow here."""
+"""pipeline.plan.classify, the one decision of done / adopt / run / resume, and LaunchOptions: pure, so no Ray
+and no MLflow here."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
+import dataclasses
+
+import pytest
+
 from pipeline.cost import trial_seconds
-from pipeline.grids import load_cells
+from pipeline.grids import GridError, load_cells
+from pipeline.options import LaunchOptions
 from pipeline.plan import GridSummary, classify, pending, print_table
 from pipeline.search import Param, Space
 from pipeline.search_run import TpeJob
@@ -89,3 +95,17 @@ def test_table_prints_each_count_and_the_totals(tmp_path: Path) -> None:
     assert rows[0][:7] == ["grid", "cells", "done", "adopt", "to", "run", "shared"]
     assert [r[:7] for r in rows[1:]] == [["a", "2", "0", "0", "2", "0", "0"], ["b", "1", "0", "0", "1", "1", "0"],
                                          ["total", "3", "0", "0", "3", "1", "0"]]
+
+
+@pytest.mark.parametrize("fields, flag", [
+    ({"max_failures": -1}, "--max-failures"), ({"num_cpus": 0}, "num_cpus"),
+    ({"cpus_per_trial": 3.0, "num_cpus": 2}, "--cpus-per-trial 3"), ({"fault": "nodir"}, "WMHP_FAULT_ONCE"),
+])
+def test_launch_options_are_checked_once_when_made(fields: dict, flag: str) -> None:
+    with pytest.raises(GridError, match=flag):
+        LaunchOptions(**fields)
+    options = LaunchOptions(cpus_per_trial=3.0, num_cpus=8, max_concurrent=2, fault=None)
+    assert options.trial_options() == {"threads": 3, "fault_once": None, "fault_kill": False}
+    assert (options.concurrency(8), options.concurrency(2)) == (2, 1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.max_failures = 5  # type: ignore[misc]
