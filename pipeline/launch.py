@@ -6,18 +6,45 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from bnn.config import config_hash, step1_config, to_dict
 from pipeline.cost import trial_seconds
 from pipeline.grids import Cell
 from pipeline.options import LaunchError, LaunchOptions
-from pipeline.plan import Plan
+from pipeline.plan import GridSummary, Plan
 from pipeline.trial import CELL_DIR_PREFIX, Resumable, StoredCheckpoint, cell_payload, find_resumable, stored_checkpoint
 from pipeline.writer import TrackingWriter
 
 
-def execute(plan: Plan, experiment_ids: dict[str, str], writer: TrackingWriter, summary: Any,
+@dataclass
+class RunSummary:
+    """What a launch (or dry run) found and did: per grid, the plan's counts and the trials' outcome."""
+
+    preset: str
+    results_dir: Path
+    tracking_uri: str
+    storage: str
+    dry_run: bool
+    grids: list[GridSummary] = field(default_factory=list)
+    wall_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # validate_s, ray_init_s, setup_s, fit_s, logging_s
+
+    @property
+    def failed(self) -> int:
+        return sum(g.failed for g in self.grids)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def total(self, attribute: str) -> int:
+        return sum(getattr(g, attribute) for g in self.grids)
+
+
+def execute(plan: Plan, experiment_ids: dict[str, str], writer: TrackingWriter, summary: RunSummary,
             options: LaunchOptions, out: TextIO) -> None:
     """Run the plan's trials on the connected Ray; per grid, count them in ``summary.grids`` (finished/failed).
 
@@ -43,7 +70,7 @@ def execute(plan: Plan, experiment_ids: dict[str, str], writer: TrackingWriter, 
                     stats.failed += job.failed
 
 
-def connect_ray(options: LaunchOptions, summary: Any) -> bool:
+def connect_ray(options: LaunchOptions, summary: RunSummary) -> bool:
     """Connect to (or start) Ray; True when this call started it and so must shut it down."""
     import ray
 
@@ -112,7 +139,7 @@ def _step1_checkpoints(storage: str, cells: dict[str, Cell]) -> dict[str, Stored
     }
 
 
-def _run_cells(plan: Plan, experiment_ids: dict[str, str], writer: TrackingWriter, summary: Any,
+def _run_cells(plan: Plan, experiment_ids: dict[str, str], writer: TrackingWriter, summary: RunSummary,
                options: LaunchOptions, out: TextIO) -> dict[str, str]:
     """Every target in its phase; the final MLflow status per config hash."""
     status: dict[str, str] = {}
@@ -131,7 +158,7 @@ def _run_cells(plan: Plan, experiment_ids: dict[str, str], writer: TrackingWrite
 
 
 def _run_phase(plan: Plan, targets: dict[str, list[Cell]], inits: dict[str, StoredCheckpoint], phase: int,
-               experiment_ids: dict[str, str], writer: TrackingWriter, summary: Any, options: LaunchOptions,
+               experiment_ids: dict[str, str], writer: TrackingWriter, summary: RunSummary, options: LaunchOptions,
                out: TextIO) -> dict[str, str]:
     """One Tuner.fit over ``targets``; the final MLflow status per config hash."""
     import ray

@@ -17,14 +17,13 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO, TypeVar
 
 from bnn.config import config_hash, step1_config
 from pipeline.cost import format_duration
 from pipeline.grids import Cell, Grid, GridError, load_cells
-from pipeline.launch import connect_ray, execute, import_tune_side
+from pipeline.launch import RunSummary, connect_ray, execute, import_tune_side
 from pipeline.lease import LaunchLease, LeaseHeld
 from pipeline.options import LaunchError, LaunchOptions
 from pipeline.plan import GridSummary, Plan, classify, pending, print_table
@@ -50,29 +49,6 @@ _RAY_ENV = {
 LOCK_FILE = ".ablate.lock"
 Loaded = list[tuple[Grid, list[Cell]]]
 T = TypeVar("T")
-
-
-@dataclass
-class RunSummary:
-    preset: str
-    results_dir: Path
-    tracking_uri: str
-    storage: str
-    dry_run: bool
-    grids: list[GridSummary] = field(default_factory=list)
-    wall_s: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)  # validate_s, ray_init_s, setup_s, fit_s, logging_s
-
-    @property
-    def failed(self) -> int:
-        return sum(g.failed for g in self.grids)
-
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0
-
-    def total(self, attribute: str) -> int:
-        return sum(getattr(g, attribute) for g in self.grids)
 
 
 def run_grids(
