@@ -53,23 +53,20 @@ def ablate_main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"wmhp ablate: error: --set: {exc}", file=sys.stderr)
         return 2
-    from pipeline.runner import LaunchError, run_grids
+    from pipeline.runner import LaunchError, LaunchOptions, run_grids
 
     try:
-        summary = run_grids(
-            args.grids or None,
-            args.preset,
-            args.results_dir,
-            args.tracking_uri,
-            address=args.address,
+        options = LaunchOptions(
+            tracking_uri=args.tracking_uri,
             storage=args.storage,
+            address=args.address,
             gpus_per_trial=args.gpus_per_trial,
             cpus_per_trial=args.cpus_per_trial,
             max_concurrent=args.max_concurrent,
             max_failures=args.max_failures,
-            overrides=overrides,
-            dry_run=args.dry_run,
         )
+        summary = run_grids(args.grids or None, args.preset, args.results_dir, options, overrides=overrides,
+                            dry_run=args.dry_run)
     except GridError as exc:
         print(f"wmhp ablate: error: {exc}", file=sys.stderr)
         return 2

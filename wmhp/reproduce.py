@@ -32,9 +32,8 @@ def reproduce_main(argv: list[str]) -> int:
 
     start = time.perf_counter()
     try:
-        summary = pipeline.run_grids(
-            args.grids or None, args.preset, args.results_dir, args.tracking_uri, address=args.address
-        )
+        options = pipeline.LaunchOptions(tracking_uri=args.tracking_uri, address=args.address)
+        summary = pipeline.run_grids(args.grids or None, args.preset, args.results_dir, options)
     except pipeline.GridError as exc:
         return _fail(str(exc))
     except pipeline.LaunchError as exc:
