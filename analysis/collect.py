@@ -36,6 +36,7 @@ from analysis.schema import (
 from bnn.config import field_names
 
 EXPERIMENT_PREFIX = "wmhp/"
+REPORT_EXPERIMENT = EXPERIMENT_PREFIX + "report"  # `wmhp figures`' report run (analysis/report_run.py): not a grid
 PAGE_SIZE = 1000
 RUNS_FILE = "runs.parquet"
 CURVES_FILE = "curves.parquet"
@@ -59,7 +60,7 @@ def collect(results_dir: Path, tracking_uri: str | None = None) -> tuple[Path, P
 
     results_dir = Path(results_dir)
     uri = tracking_uri or default_tracking_uri(results_dir)
-    _check_store(uri)
+    check_store(uri)
     client = MlflowClient(tracking_uri=uri)
     found = list(_wmhp_runs(client))
     if not found:
@@ -75,7 +76,8 @@ def collect(results_dir: Path, tracking_uri: str | None = None) -> tuple[Path, P
     return runs_path, curves_path
 
 
-def _check_store(uri: str) -> None:
+def check_store(uri: str) -> None:
+    """CollectError unless ``uri`` names an existing sqlite store or a reachable server."""
     # MLflow would silently create an empty database at a mistyped path.
     if uri.startswith("sqlite:///"):
         path = Path(unquote(uri[len("sqlite:///") :]))
@@ -122,6 +124,8 @@ def _wmhp_runs(client: Any) -> Iterator[tuple[str, Any]]:
         if not token:
             break
     for experiment in sorted(experiments, key=lambda e: e.name):
+        if experiment.name == REPORT_EXPERIMENT:
+            continue
         token = None
         while True:
             page = client.search_runs([experiment.experiment_id], max_results=PAGE_SIZE, page_token=token)

@@ -21,12 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from bnn.config import flatten, to_dict
+from bnn.config import DataConfig, flatten, to_dict
+from bnn.data.splits import DEFAULT_SOURCES, split_digest, split_sizes
 from pipeline.grids import Cell
 
 EXPERIMENT_PREFIX = "wmhp/"
 MAX_STATE_ARTIFACT_BYTES = 50 * 2**20
 STATE_FILE = "state.pt"
+# MLflow 3.x's UI opens an experiment in the GenAI view unless this experiment tag says "custom_model_development"
+# (the "Machine learning" view with runs, params and metric charts).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 FIRST_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "flip_ratio")
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
@@ -132,6 +137,22 @@ def _csv_value(value: float) -> str:
     return repr(value)
 
 
+def dataset_input(data: DataConfig) -> Any:
+    """The run's dataset as an MLflow run input (the UI's Datasets column): name, digest of the split, where
+    it was read from, and the split sizes as its profile."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    source = data.root or DEFAULT_SOURCES.get(data.name, f"{data.name} default location")
+    sizes = split_sizes(data)
+    profile = {**(sizes or {}), "val_fraction": data.val_fraction, "train_subset": data.train_subset}
+    dataset = Dataset(name=data.name, digest=split_digest(data), source_type="local",
+                      source=json.dumps({"uri": source}), profile=json.dumps(profile))  # fmt: skip
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train")])
+
+
 @dataclass(frozen=True)
 class FinishedRun:
     run_id: str
@@ -160,9 +181,12 @@ class Tracker:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             location = None if is_server(self.uri) else str(self.results_dir / "artifacts" / grid)
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:  # made before the tag was set
+            self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return experiment.experiment_id
 
     def wmhp_experiments(self) -> dict[str, str]:
@@ -228,6 +252,7 @@ class Tracker:
         params = [Param(name, "None" if value is None else str(value)) for name, value in flatten(cell.config).items()]
         for start in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[start : start + 100])
+        self.client.log_inputs(run_id, datasets=[dataset_input(cell.config.data)])
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "config.yaml"
             path.write_text(yaml.safe_dump(to_dict(cell.config), sort_keys=False))
@@ -288,6 +313,7 @@ class Tracker:
         params = [Param(k, v) for k, v in original.data.params.items()]
         for start in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[start : start + 100])
+        self.client.log_inputs(run_id, datasets=[dataset_input(cell.config.data)])
         metrics: list[Metric] = []
         for key in original.data.metrics:
             metrics.extend(self.client.get_metric_history(source.run_id, key))
