@@ -553,6 +553,29 @@ def canonical_json(config: TrainConfig) -> str:
     return json.dumps(identity_dict(config), sort_keys=True, separators=(",", ":"))
 
 
+def from_params(params: dict[str, str]) -> TrainConfig | None:
+    """The config a stored run logged as string params (``str(value)`` of every dotted field), or None when a
+    field is missing (the run predates it: its config cannot be known) or a value does not read back."""
+    import ast
+
+    values: dict[str, Any] = {}
+    for name in field_names():
+        if name not in params:
+            return None
+        text, tp = params[name], field_type(name)
+        if tp is str or str in get_args(tp):  # a path: '/data/x' or None, never a number
+            values[name] = None if text == "None" else text
+            continue
+        try:
+            values[name] = ast.literal_eval(text)  # numbers, None, True, (512, 512)
+        except (ValueError, SyntaxError):
+            values[name] = text  # a choice: 'mlp', 'filter'
+    try:
+        return from_flat(values)
+    except ConfigError:
+        return None
+
+
 def config_hash(config: TrainConfig) -> str:
     """Stable 16-hex-digit identity of a resolved config: Tune trial name, MLflow tag, parquet column."""
     return hashlib.sha256(canonical_json(resolve(config)).encode()).hexdigest()[:16]

@@ -163,6 +163,8 @@ def load_grid(path: str | Path) -> Grid:
         if not isinstance(data[key], str) or not _NAME.match(data[key]):
             raise GridError(f"{where}: {key}: expected a non-empty string of letters, digits, '_', '.', '-', "
                             f"got {quote(data[key])}")
+    if data["name"] == "report":  # experiment wmhp/report holds `wmhp figures`' report run, not a grid's runs
+        raise GridError(f"{where}: name: 'report' is reserved for the report run of `wmhp figures`; choose another")
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise GridError(f"{where}: description: expected a string, got {quote(description)}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from bnn.config import DataConfig, flatten, to_dict
+from bnn.config import DataConfig, TrainConfig, config_hash, flatten, from_params, neutral_fields, to_dict
 from bnn.data.splits import DEFAULT_SOURCES, split_digest, split_sizes
 from pipeline.grids import Cell
 
@@ -153,6 +153,12 @@ def dataset_input(data: DataConfig) -> Any:
     return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train")])
 
 
+def _neutral_set(params: dict[str, str]) -> bool:
+    """Whether a stored run's params set a result-neutral field away from its default."""
+    defaults = flatten(TrainConfig())
+    return any(params.get(name, "None") != str(defaults[name]) for name in neutral_fields())
+
+
 @dataclass(frozen=True)
 class FinishedRun:
     run_id: str
@@ -222,7 +228,12 @@ class Tracker:
             digest = run.data.tags.get("wmhp.config_hash")
             if digest:
                 grid = experiments.get(run.info.experiment_id, "")
-                out.setdefault(digest, []).append(FinishedRun(run.info.run_id, run.info.experiment_id, grid, digest))
+                # Also under the hash its params give now: a run stored before result-neutral fields were hashed
+                # at their defaults (data.root set, say) still counts as done for its cell. Only such runs are
+                # re-hashed (about 10 ms each); for the others both hashes agree.
+                config = from_params(run.data.params) if _neutral_set(run.data.params) else None
+                for key in dict.fromkeys([digest, config_hash(config) if config is not None else digest]):
+                    out.setdefault(key, []).append(FinishedRun(run.info.run_id, run.info.experiment_id, grid, key))
         return out
 
     def mark_stale_running(self, experiment_id: str) -> int:
@@ -304,6 +315,7 @@ class Tracker:
             "wmhp.experiment": cell.experiment,
             "wmhp.grid": cell.grid,
             "wmhp.preset": preset,
+            "wmhp.config_hash": cell.hash,  # the source may carry the hash of an earlier scheme
             "wmhp.adopted_from": source.run_id,
             "wmhp.adopted_from_grid": source.grid,
         })

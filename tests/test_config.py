@@ -170,3 +170,14 @@ def test_cross_field_conflicts_are_refused_by_resolve_naming_both_fields(flat, f
     assert message.startswith(first) and second in message and "\n" not in message
     resolve(from_flat({**flat, "binary_opt.name": "sgd", "data.name": "cifar10", "stage": "single",
                        "binary_opt.state_init": "zero"}))  # the same fields, compatible: accepted
+
+
+def test_a_stored_runs_params_read_back_into_its_config():
+    from bnn.config import from_params
+
+    config = resolve(from_flat({"data.root": "/d", "model.hidden": [64, 32], "binary_opt.name": "bop",
+                                "model.teacher_path": "/t.pt", "data.name": "cifar10", "model.name": "resnet20"}))
+    params = {name: "None" if v is None else str(v) for name, v in flatten(config).items()}
+    assert from_params(params) == config
+    del params["seed"]  # a run older than a field: its config cannot be known
+    assert from_params(params) is None

@@ -264,3 +264,9 @@ def test_a_cross_field_conflict_is_refused_at_validation_naming_both_fields(tmp_
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.scaling" in err and "binary_opt.name is 'filter'" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_report_experiments_name_is_not_a_grid_name(tmp_path: Path, capsys) -> None:
+    grid = write_grid(tmp_path, "name: report\nexperiment: e0\npresets: {smoke: {}}")
+    assert ablate_main([str(grid), "--preset", "smoke", "--results-dir", str(tmp_path / "r"), "--dry-run"]) == 2
+    assert "name: 'report' is reserved" in capsys.readouterr().err

@@ -99,3 +99,14 @@ def test_figures_without_a_store_say_so_and_with_a_missing_one_exit_2(tmp_path: 
     assert "no such database file" in capsys.readouterr().err
     assert not (tmp_path / "nope.db").exists()
     assert figures_main(["--results-dir", str(tmp_path), "--tracking-uri", missing]) == 2  # no parquet: bad input
+
+
+def test_a_run_hashed_before_neutral_fields_were_left_out_still_counts_as_done(tmp_path: Path) -> None:
+    tracker = _tracker(tmp_path / "r")
+    config = resolve(from_flat({"data.root": "/data/digits", "epochs": 1}))
+    old_hash = "0123456789abcdef"  # what the earlier scheme, hashing data.root as set, gave this config
+    run_id = tracker.start_run(tracker.ensure_experiment("g"), Cell("g", "e0", config, old_hash, {}), "smoke")
+    tracker.end_run(run_id, [{"epoch": 1, "test_acc": 0.5}], "FINISHED")
+    finished = tracker.finished_by_hash()
+    assert [r.run_id for r in finished[config_hash(config)]] == [run_id]  # the cell a launch now asks for: done
+    assert [r.run_id for r in finished[old_hash]] == [run_id]
