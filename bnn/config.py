@@ -505,6 +505,14 @@ def _check_pairs(config: TrainConfig) -> None:
         fits = ", ".join(name for name, s in _IMAGE_SIDE.items() if s >= needed)
         raise ConfigError(f"model.name: {model.name!r} needs images of side >= {needed}, but data.name "
                           f"{config.data.name!r} has {side}x{side} (use data.name {fits})")  # fmt: skip
+    from bnn.data.splits import TRAIN_SIZES  # here: bnn.data.splits imports this module
+
+    data = config.data
+    n, n_val = TRAIN_SIZES[data.name], round(data.val_fraction * TRAIN_SIZES[data.name])
+    if data.train_subset is not None and data.train_subset > n - n_val:
+        raise ConfigError(f"data.train_subset: expected at most {n - n_val} (data.name {data.name!r}: {n} training "
+                          f"examples less the {n_val} of data.val_fraction {data.val_fraction}), "
+                          f"got {data.train_subset}")  # fmt: skip
 
 
 def step1_config(config: TrainConfig) -> TrainConfig:

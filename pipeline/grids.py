@@ -51,7 +51,6 @@ from bnn.config import (
     resolve,
     step1_config,
 )
-from pipeline.cost import TRAIN_SIZES
 
 GRID_DIR = Path(__file__).resolve().parent / "grids"
 SCALES_FILE = GRID_DIR / "scales.yaml"
@@ -382,7 +381,6 @@ def make_cell(grid: Grid, flat: dict[str, Any], label: dict[str, Any], where: st
         raise GridError(f"{where}:{cell}: {exc}") from None
     if check_paths:
         _check_paths(config, where)
-    _check_sizes(config, where)
     return Cell(grid.name, grid.experiment, config, config_hash(config), label, dict(tags or {}))
 
 
@@ -417,13 +415,6 @@ def _check_paths(config: TrainConfig, where: str) -> None:
     if teacher is not None and not Path(teacher).is_file():
         raise GridError(f"{where}: model.teacher_path: file {teacher!r} does not exist (a torchvision ResNet-34 "
                         f"state_dict, e.g. --set model.teacher_path=FILE)")
-
-
-def _check_sizes(config: TrainConfig, where: str) -> None:
-    subset, size = config.data.train_subset, TRAIN_SIZES.get(config.data.name)
-    if subset is not None and size is not None and subset > size:
-        raise GridError(f"{where}: data.train_subset: expected at most {size} (the {config.data.name} training "
-                        f"set's size), got {subset}")
 
 
 def load_cells(

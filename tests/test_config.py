@@ -161,6 +161,8 @@ def test_hashes_of_stored_runs_with_default_neutral_fields_are_unchanged():
         ({"model.name": "reactnet_a", "data.name": "digits"}, "model.name", "data.name"),
         ({"stage": "step1", "binary_opt.name": "filter"}, "stage", "binary_opt.name"),
         ({"binary_opt.state_init": "latent", "binary_opt.name": "sgd"}, "binary_opt.state_init", "binary_opt.name"),
+        # within digits' 1437 training examples, but not once data.val_fraction's 144 are held out
+        ({"data.train_subset": 1300, "data.name": "digits"}, "data.train_subset", "data.val_fraction"),
     ],
 )
 def test_cross_field_conflicts_are_refused_by_resolve_naming_both_fields(flat, first, second):

@@ -15,14 +15,17 @@ from bnn.config import DataConfig
 # Where a dataset comes from when data.root is unset (a description for people, not a path the code opens).
 DEFAULT_SOURCES = {"digits": "sklearn.datasets.load_digits", "fashion-mnist": "Fashion-MNIST (Debian package or "
                    "wmhp cache)", "cifar10": "CIFAR-10 python batches (wmhp cache)"}
-FULL_SIZES = {"digits": (1437, 360), "fashion-mnist": (60000, 10000), "cifar10": (50000, 10000)}  # (train, test)
+# Published sizes of each training and test set (imagenet: ILSVRC-2012; a folder may hold fewer, so a run's own
+# imagenet sizes are not claimed from these).
+TRAIN_SIZES = {"digits": 1437, "fashion-mnist": 60000, "cifar10": 50000, "imagenet": 1281167}
+TEST_SIZES = {"digits": 360, "fashion-mnist": 10000, "cifar10": 10000, "imagenet": 50000}
 
 
 def split_sizes(cfg: DataConfig) -> dict[str, int] | None:
     """``{"train": n, "validation": n, "test": n}`` as a run sees them; None when the data decides (imagenet)."""
-    if cfg.name not in FULL_SIZES:
+    if cfg.name == "imagenet":
         return None
-    n, n_test = FULL_SIZES[cfg.name]
+    n, n_test = TRAIN_SIZES[cfg.name], TEST_SIZES[cfg.name]
     n_val = round(cfg.val_fraction * n)
     n_train = n - n_val if cfg.train_subset is None else min(cfg.train_subset, n - n_val)
     return {"train": n_train, "validation": n_val, "test": n_test}
