@@ -88,14 +88,14 @@ def _log_report(results_dir: Path, written: list[Path], tracking_uri: str | None
     from mlflow.exceptions import MlflowException
 
     from analysis.collect import CollectError
-    from analysis.report_run import log_report, store_for
+    from analysis.report_run import log_report, store_for, ui_address
 
     uri = store_for(results_dir, tracking_uri)
     if uri is None:
         print(f"not logged to MLflow: no store at {results_dir / 'mlflow.db'} (pass --tracking-uri)")
         return 0
     try:
-        run_id = log_report(results_dir, written, uri)
+        experiment_id, run_id = log_report(results_dir, written, uri)
     except CollectError as exc:
         print(f"wmhp figures: error: {exc}", file=sys.stderr)
         return 2
@@ -103,4 +103,7 @@ def _log_report(results_dir: Path, written: list[Path], tracking_uri: str | None
         print(f"wmhp figures: error: logging the report to {uri} failed: {str(exc)[:300]}", file=sys.stderr)
         return 1
     print(f"logged to MLflow: experiment wmhp/report, run report ({run_id}) at {uri}")
+    address = ui_address(uri, experiment_id, run_id)
+    if address:
+        print(f"open: {address}")
     return 0

@@ -13,7 +13,8 @@ from typing import Any
 from analysis.collect import REPORT_EXPERIMENT, check_store, default_tracking_uri
 
 REPORT_RUN_NAME = "report"
-# MLflow 3.x opens an experiment in its GenAI view unless this tag says it holds model training.
+# MLflow 3.x reads this tag to open an experiment in the model-training view (3.17.2's UI uses its workflow
+# switch instead: pipeline/tracking.py, README).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 
@@ -27,8 +28,9 @@ def store_for(results_dir: Path, tracking_uri: str | None) -> str | None:
     return default if (Path(results_dir) / "mlflow.db").is_file() else None
 
 
-def log_report(results_dir: Path, written: list[Path], tracking_uri: str) -> str:
-    """Log ``written`` (paths under ``results_dir``) to the one ``wmhp/report`` run; returns its run id.
+def log_report(results_dir: Path, written: list[Path], tracking_uri: str) -> tuple[str, str]:
+    """Log ``written`` (paths under ``results_dir``) to the one ``wmhp/report`` run; returns (experiment id,
+    run id).
 
     CollectError for a URI that is not a usable store; MlflowException / OSError for a store that fails.
     """
@@ -38,14 +40,21 @@ def log_report(results_dir: Path, written: list[Path], tracking_uri: str) -> str
     results_dir = Path(results_dir).resolve()
     client = MlflowClient(tracking_uri=tracking_uri)
     run = _report_run(client, results_dir, tracking_uri)
-    _clear(run)
+    _clear(run, tracking_uri)
     for path in sorted(written):
         relative = Path(path).resolve().relative_to(results_dir)
         folder = relative.parent.as_posix()
         client.log_artifact(run.info.run_id, str(path), None if folder == "." else folder)
     client.set_tag(run.info.run_id, "wmhp.report_files", str(len(written)))
     client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+    return run.info.experiment_id, run.info.run_id
+
+
+def ui_address(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page on a tracking server, in the model-training view (MLflow 3.17's UI defaults to GenAI)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def _report_run(client: Any, results_dir: Path, uri: str) -> Any:
@@ -66,11 +75,11 @@ def _report_run(client: Any, results_dir: Path, uri: str) -> Any:
     return client.create_run(experiment_id, run_name=REPORT_RUN_NAME)
 
 
-def _clear(run: Any) -> None:
+def _clear(run: Any, tracking_uri: str) -> None:
     """Remove the files an earlier drawing logged, so that a figure no longer drawn does not linger."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    repository = get_artifact_repository(run.info.artifact_uri)
+    repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=tracking_uri)
     for entry in repository.list_artifacts():
         try:
             repository.delete_artifacts(entry.path)

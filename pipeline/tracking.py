@@ -28,8 +28,9 @@ from pipeline.grids import Cell
 EXPERIMENT_PREFIX = "wmhp/"
 MAX_STATE_ARTIFACT_BYTES = 50 * 2**20
 STATE_FILE = "state.pt"
-# MLflow 3.x's UI opens an experiment in the GenAI view unless this experiment tag says "custom_model_development"
-# (the "Machine learning" view with runs, params and metric charts).
+# MLflow 3.x reads this experiment tag to open an experiment in the model-training view (runs, params, metric
+# charts) rather than the GenAI one. 3.17.2's UI decides by its workflow switch instead (the ?workflowType=
+# address parameter or the browser's last choice, default GenAI; README), so the tag serves the other versions.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 FIRST_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "flip_ratio")

@@ -70,10 +70,10 @@ def test_figures_log_one_report_run_that_a_rerun_updates_and_collect_skips(tmp_p
     first = [results / "REPORT.md", results / "figures" / "e1_a.png", results / "figures" / "e1_old.png"]
     for path in first:
         path.write_text(path.name)
-    run_id = log_report(results, first, default_tracking_uri(results))
+    _, run_id = log_report(results, first, default_tracking_uri(results))
     (results / "REPORT.md").write_text("second drawing")
     second = [results / "REPORT.md", results / "figures" / "e1_a.png"]
-    assert log_report(results, second, default_tracking_uri(results)) == run_id  # the same run, updated
+    assert log_report(results, second, default_tracking_uri(results))[1] == run_id  # the same run, updated
     client = MlflowClient(default_tracking_uri(results))
     experiment = client.get_experiment_by_name("wmhp/report")
     runs = client.search_runs([experiment.experiment_id])
