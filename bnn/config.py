@@ -53,11 +53,11 @@ def _neutral(default: Any, how: bool | str = True) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # Why mlp: the digits/Fashion-MNIST presets train it in seconds on a CPU, and E1-E8 study the optimizer, not
+    # mlp: the digits/Fashion-MNIST presets train it in seconds on a CPU, and E1-E8 study the optimizer, not
     # the architecture; resnet20 (CIFAR-10) and reactnet_a (ImageNet) are the paper's scales.
     name: Literal["mlp", "resnet20", "reactnet_a"] = "mlp"
-    # mlp only: in->h[0], binary h[i]->h[i+1], real h[-1]->out. Three 512-wide layers: two binary hidden layers
-    # (enough binary weights for flip statistics to mean something) at a cost the cpu preset can afford.
+    # mlp only: in->h[0], binary h[i]->h[i+1], real h[-1]->out. 512 wide: enough binary weights for the flip
+    # statistics to mean something, at a cost the cpu preset affords.
     hidden: tuple[int, ...] = (512, 512, 512)
     # mlp only. "binary" (BinaryNet style: real pixels x binary weights) makes the binary weights carry the
     # accuracy: frozen at init they score far below trained (paper.md section 6); "real" keeps in->h[0] real.
@@ -80,7 +80,8 @@ class ModelConfig:
 class DataConfig:
     # digits ships with scikit-learn (nothing to download), so a fresh checkout and the tests train at once.
     name: Literal["digits", "fashion-mnist", "cifar10", "imagenet"] = "digits"
-    # None = the dataset's default places. Result-neutral: where the files lie does not change a run.
+    # Directory holding the dataset files; None = the dataset's default places. Result-neutral: where the files
+    # lie does not change a run.
     root: str | None = _neutral(None)
     # False: a run never reaches the network behind the user's back; result-neutral (the same files either way).
     download: bool = _neutral(False)
@@ -120,9 +121,10 @@ class BinaryOptConfig:
     momentum: float = 0.0
     # 0: the official ImageNet recipe (paper.md section 4); without decay the latent weight is a pure accumulator.
     weight_decay: float = 0.0
-    # l2 (Adam): the decay enters the gradient, the form the paper's mapping covers; "decoupled" is AdamW.
+    # l2: torch.optim.Adam's own form (decay in the gradient); "decoupled" (AdamW) is a different algorithm
+    # (paper.md section 2), so a grid has to ask for it by name.
     decay_mode: Literal["l2", "decoupled"] = "l2"
-    # Kingma & Ba's defaults (torch's too), so adam cells compare with published Adam BNN baselines.
+    # Kingma & Ba's defaults (torch's too): a grid that names none of them gets the Adam everyone means.
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
