@@ -500,8 +500,8 @@ def _check_pairs(config: TrainConfig) -> None:
     """Cross-field rules: one line naming both fields."""
     model, opt = config.model, config.binary_opt
     if model.scaling and opt.name in _BINARY_WEIGHTS:
-        raise ConfigError(f"model.scaling: true needs latent weights (binary_opt.name sgd or adam), but binary_opt.name "
-                          f"is {opt.name!r}, which keeps every binary weight at exactly +-1")  # fmt: skip
+        raise ConfigError(f"model.scaling: true needs latent weights (binary_opt.name sgd or adam), but "
+                          f"binary_opt.name is {opt.name!r}, which keeps every binary weight at exactly +-1")  # fmt: skip
     side, needed = _IMAGE_SIDE[config.data.name], _MIN_SIDE[model.name]
     if side < needed:
         fits = ", ".join(name for name, s in _IMAGE_SIDE.items() if s >= needed)

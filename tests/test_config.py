@@ -118,7 +118,7 @@ def _another_value(name: str, value):
 
 
 # The base each field is changed from: stage and state_init need an optimizer they apply to.
-_BASE_FOR = {"stage": {"binary_opt.name": "sgd"}, "binary_opt.state_init": {}, "model.scaling": {"binary_opt.name": "sgd"}}
+_BASE_FOR = {"stage": {"binary_opt.name": "sgd"}, "model.scaling": {"binary_opt.name": "sgd"}}
 
 
 def test_neutral_fields_leave_the_hash_unchanged_and_every_other_field_changes_it():

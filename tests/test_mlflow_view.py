@@ -16,7 +16,8 @@ from analysis.report_run import REPORT_RUN_NAME, log_report
 from bnn.config import DataConfig, config_hash, from_flat, resolve
 from bnn.data.splits import split_sizes
 from pipeline.grids import Cell
-from pipeline.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, Tracker, create_sqlite_store, default_tracking_uri
+from pipeline.tracking import (EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, Tracker, create_sqlite_store,
+                               default_tracking_uri)
 
 
 def _tracker(results: Path) -> Tracker:
@@ -79,7 +80,7 @@ def test_figures_log_one_report_run_that_a_rerun_updates_and_collect_skips(tmp_p
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.run_name for r in runs] == [REPORT_RUN_NAME] and runs[0].info.status == "FINISHED"
     assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
-    listed = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "figures")}
+    listed = {a.path for folder in (None, "figures") for a in client.list_artifacts(run_id, folder)}
     assert listed == {"REPORT.md", "figures", "figures/e1_a.png"}  # e1_old.png, no longer drawn, is gone
     local = client.download_artifacts(run_id, "REPORT.md", str(tmp_path))
     assert Path(local).read_text() == "second drawing"
