@@ -47,7 +47,7 @@ def collect(results_dir: Path, tracking_uri: str | None = None) -> tuple[Path, P
 
     results_dir = Path(results_dir)
     uri = tracking_uri or default_tracking_uri(results_dir)
-    _check_store(uri)
+    check_store(uri)
     client = MlflowClient(tracking_uri=uri)
     found = list(_wmhp_runs(client))
     if not found:
@@ -64,7 +64,8 @@ def collect(results_dir: Path, tracking_uri: str | None = None) -> tuple[Path, P
     return runs_path, curves_path
 
 
-def _check_store(uri: str) -> None:
+def check_store(uri: str) -> None:
+    """CollectError unless ``uri`` names an existing sqlite store or a reachable server."""
     # MLflow would silently create an empty database at a mistyped path.
     if uri.startswith("sqlite:///"):
         path = Path(unquote(uri[len("sqlite:///") :]))

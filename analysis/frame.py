@@ -16,13 +16,14 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.schema import FINISHED, read_curves, read_runs
-from bnn.config import field_names
+from bnn.config import field_names, neutral_fields
 from wmhp.contract import CURVES_PARQUET, RUNS_PARQUET
 
 CONFIG_FIELDS: tuple[str, ...] = tuple(field_names())
 CELL_FIELDS: tuple[str, ...] = tuple(name for name in CONFIG_FIELDS if name != "seed")
-# Identity of a cell apart from fields that cannot change results (where data lives, loader workers, device).
-_INERT = {"data.root", "data.num_workers", "data.download", "device", "eval_batch_size", "model.teacher_path"}
+# Identity of a cell apart from fields that cannot change results (where data lives, loader workers, device):
+# the schema marks them (bnn.config.neutral_fields).
+_INERT = frozenset(neutral_fields())
 
 
 @dataclass

@@ -51,8 +51,7 @@ from bnn.config import (
     resolve,
     step1_config,
 )
-from pipeline.cost import TRAIN_SIZES
-from wmhp.contract import run_name
+from wmhp.contract import REPORT_GRID, run_name
 
 GRID_DIR = Path(__file__).resolve().parent / "grids"
 SCALES_FILE = GRID_DIR / "scales.yaml"
@@ -167,6 +166,8 @@ def load_grid(path: str | Path) -> Grid:
         if not isinstance(data[key], str) or not _NAME.match(data[key]):
             raise GridError(f"{where}: {key}: expected a non-empty string of letters, digits, '_', '.', '-', "
                             f"got {quote(data[key])}")
+    if data["name"] == REPORT_GRID:
+        raise GridError(f"{where}: name: '{REPORT_GRID}' is reserved for the report run of `wmhp figures`; choose another")
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise GridError(f"{where}: description: expected a string, got {quote(description)}")
@@ -384,7 +385,6 @@ def make_cell(grid: Grid, flat: dict[str, Any], label: dict[str, Any], where: st
         raise GridError(f"{where}:{cell}: {exc}") from None
     if check_paths:
         _check_paths(config, where)
-    _check_sizes(config, where)
     return Cell(grid.name, grid.experiment, config, config_hash(config), label, dict(tags or {}))
 
 
@@ -419,13 +419,6 @@ def _check_paths(config: TrainConfig, where: str) -> None:
     if teacher is not None and not Path(teacher).is_file():
         raise GridError(f"{where}: model.teacher_path: file {teacher!r} does not exist (a torchvision ResNet-34 "
                         f"state_dict, e.g. --set model.teacher_path=FILE)")
-
-
-def _check_sizes(config: TrainConfig, where: str) -> None:
-    subset, size = config.data.train_subset, TRAIN_SIZES.get(config.data.name)
-    if subset is not None and size is not None and subset > size:
-        raise GridError(f"{where}: data.train_subset: expected at most {size} (the {config.data.name} training "
-                        f"set's size), got {subset}")
 
 
 def load_cells(

@@ -6,6 +6,7 @@ stored-results contract that ``analysis`` reads, written down in wmhp.contract.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnn.config import flatten, to_dict
+from bnn.config import DataConfig, TrainConfig, config_hash, flatten, from_params, neutral_fields, to_dict
+from bnn.data.splits import DEFAULT_SOURCES, split_digest, split_sizes
 from pipeline.grids import Cell
 from wmhp import contract
 
@@ -99,6 +101,26 @@ def code_version() -> str:
     return text
 
 
+def dataset_input(data: DataConfig) -> Any:
+    """The run's dataset as an MLflow run input (the UI's Datasets column): name, digest of the split, where
+    it was read from, and the split sizes as its profile."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    source = data.root or DEFAULT_SOURCES.get(data.name, f"{data.name} default location")
+    sizes = split_sizes(data)
+    profile = {**(sizes or {}), "val_fraction": data.val_fraction, "train_subset": data.train_subset}
+    dataset = Dataset(name=data.name, digest=split_digest(data), source_type="local",
+                      source=json.dumps({"uri": source}), profile=json.dumps(profile))  # fmt: skip
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train")])
+
+
+def _neutral_set(params: dict[str, str]) -> bool:
+    """Whether a stored run's params set a result-neutral field away from its default."""
+    defaults = flatten(TrainConfig())
+    return any(params.get(name, "None") != str(defaults[name]) for name in neutral_fields())
+
+
 @dataclass(frozen=True)
 class FinishedRun:
     run_id: str
@@ -128,9 +150,13 @@ class Tracker:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             location = None if is_server(self.uri) else contract.artifact_location(self.results_dir, grid)
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={contract.EXPERIMENT_KIND_TAG: contract.MODEL_TRAINING_KIND})
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
+        if experiment.tags.get(contract.EXPERIMENT_KIND_TAG) != contract.MODEL_TRAINING_KIND:  # made before the tag was set
+            self.client.set_experiment_tag(experiment.experiment_id, contract.EXPERIMENT_KIND_TAG,
+                                           contract.MODEL_TRAINING_KIND)
         return experiment.experiment_id
 
     def wmhp_experiments(self) -> dict[str, str]:
@@ -148,7 +174,12 @@ class Tracker:
             digest = run.data.tags.get(contract.TAG_CONFIG_HASH)
             if digest:
                 grid = experiments.get(run.info.experiment_id, "")
-                out.setdefault(digest, []).append(FinishedRun(run.info.run_id, run.info.experiment_id, grid, digest))
+                # Also under the hash its params give now: a run stored before result-neutral fields were hashed
+                # at their defaults (data.root set, say) still counts as done for its cell. Only such runs are
+                # re-hashed (about 10 ms each); for the others both hashes agree.
+                config = from_params(run.data.params) if _neutral_set(run.data.params) else None
+                for key in dict.fromkeys([digest, config_hash(config) if config is not None else digest]):
+                    out.setdefault(key, []).append(FinishedRun(run.info.run_id, run.info.experiment_id, grid, key))
         return out
 
     def mark_stale_running(self, experiment_id: str) -> int:
@@ -185,6 +216,7 @@ class Tracker:
         params = [Param(name, "None" if value is None else str(value)) for name, value in flatten(cell.config).items()]
         for start in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[start : start + 100])
+        self.client.log_inputs(run_id, datasets=[dataset_input(cell.config.data)])
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / contract.CONFIG_FILE
             path.write_text(yaml.safe_dump(to_dict(cell.config), sort_keys=False))
@@ -236,6 +268,7 @@ class Tracker:
             contract.TAG_EXPERIMENT: cell.experiment,
             contract.TAG_GRID: cell.grid,
             contract.TAG_PRESET: preset,
+            contract.TAG_CONFIG_HASH: cell.hash,  # the source may carry the hash of an earlier scheme
             contract.TAG_ADOPTED_FROM: source.run_id,
             contract.TAG_ADOPTED_FROM_GRID: source.grid,
         })
@@ -245,6 +278,7 @@ class Tracker:
         params = [Param(k, v) for k, v in original.data.params.items()]
         for start in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[start : start + 100])
+        self.client.log_inputs(run_id, datasets=[dataset_input(cell.config.data)])
         metrics: list[Metric] = []
         for key in original.data.metrics:
             metrics.extend(self.client.get_metric_history(source.run_id, key))

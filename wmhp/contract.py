@@ -42,6 +42,13 @@ TAG_SEARCHER = "wmhp.searcher"
 TAG_REPEAT = "wmhp.repeat"
 TAG_SEARCH_INDEX = "wmhp.search_index"
 TAG_SEARCH_POINT = "wmhp.search_point"
+TAG_REPORT_FILES = "wmhp.report_files"  # on the report run: how many files `wmhp figures` logged
+# MLflow 3.x reads this experiment tag to open an experiment in the model-training view (runs, params, metric
+# charts) rather than the GenAI one. 3.17.2's UI decides by its workflow switch instead (the ?workflowType=
+# address parameter or the browser's last choice, default GenAI; README), so the tag serves the other versions.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+REPORT_GRID = "report"  # experiment wmhp/report holds `wmhp figures`' report run, not a grid's runs
 
 STATE_FILE = CHECKPOINT_FILE  # a trial's training state, as bnn.train writes it
 HISTORY_FILE = "history.json"  # a trial's reported epochs, beside STATE_FILE in its checkpoint
@@ -248,7 +255,7 @@ def wmhp_experiments(client: Any) -> dict[str, str]:
     """experiment id -> grid, for every live ``wmhp/<grid>`` experiment of an MlflowClient."""
     experiments = paged(lambda token: client.search_experiments(
         filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'", max_results=PAGE_SIZE, page_token=token))
-    return {e.experiment_id: grid_of(e.name) for e in experiments}
+    return {e.experiment_id: grid_of(e.name) for e in experiments if grid_of(e.name) != REPORT_GRID}
 
 
 def search_runs(client: Any, experiment_ids: Iterable[str], filter_string: str = "") -> Iterator[Any]:
