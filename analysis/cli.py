@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from analysis.schema import SchemaError
-from wmhp.contract import DEFAULT_RESULTS_DIR as DEFAULT_RESULTS, TRACKING_DB
+from wmhp.contract import DEFAULT_RESULTS_DIR as DEFAULT_RESULTS
+from wmhp.contract import REPORT_GRID, TRACKING_DB, experiment_name
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
@@ -101,7 +102,7 @@ def _log_report(results_dir: Path, written: list[Path], tracking_uri: str | None
     except (MlflowException, OSError) as exc:  # the files are written; only the copy in MLflow failed
         print(f"wmhp figures: error: logging the report to {uri} failed: {str(exc)[:300]}", file=sys.stderr)
         return 1
-    print(f"logged to MLflow: experiment wmhp/report, run report ({run_id}) at {uri}")
+    print(f"logged to MLflow: experiment {experiment_name(REPORT_GRID)}, run report ({run_id}) at {uri}")
     address = ui_address(uri, experiment_id, run_id)
     if address:
         print(f"open: {address}")
