@@ -302,17 +302,17 @@ def _print_dry_run(plan: Plan, summary: RunSummary, options: LaunchOptions, out:
 
 def _print_two_step(loaded: Loaded, finished: dict[str, Any], out: TextIO) -> None:
     """The two-step cells in launch order: every step 1 (phase 1) before the step 2 that starts from it."""
-    cells = list({c.hash: c for _, grid_cells in loaded for c in grid_cells if c.config.stage != "single"}.values())
+    cells = {c.hash: c for _, grid_cells in loaded for c in grid_cells if c.config.stage != "single"}
     if not cells:
         return
     print("two-step cells, in launch order (phase 2 starts from phase 1's finished checkpoints):", file=out)
     for phase, stage in ((1, "step1"), (2, "step2")):
-        for cell in (c for c in cells if c.config.stage == stage):
-            done = "done" if cell.hash in finished else "to run"
-            what = f"{cell.config.binary_opt.name} seed {cell.config.seed}"
+        for cell in (c for c in cells.values() if c.config.stage == stage):
+            line = f"  phase {phase}  {stage}  {'done' if cell.hash in finished else 'to run':<6}  {cell.run_name}"
             if stage == "step2":
-                what += f", from {cell.grid}-{config_hash(step1_config(cell.config))}"
-            print(f"  phase {phase}  {stage}  {cell.run_name}  {done:<6}  {what}", file=out)
+                step1 = config_hash(step1_config(cell.config))
+                line += f"  (from {cells[step1].run_name if step1 in cells else step1})"
+            print(line, file=out)
 
 
 def _print_header(summary: RunSummary, plan: Plan, killed: int, out: TextIO) -> None:

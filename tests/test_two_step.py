@@ -4,6 +4,7 @@ from step 1's checkpoint) and the deterministic switch: bnn alone, grid expansio
 from __future__ import annotations
 
 import io
+import re
 import textwrap
 from pathlib import Path
 
@@ -123,9 +124,11 @@ def test_imagenet_e8_dry_run_lists_step1_cells_before_their_step2(tmp_path: Path
               overrides={"data.root": str(tmp_path / "imagenet"), "model.teacher_path": str(tmp_path / "resnet34.pth")})
     lines = out.getvalue().splitlines()
     start = lines.index(next(line for line in lines if line.startswith("two-step cells")))
-    rows = [line.split() for line in lines[start + 1:]]
-    assert [(r[1], r[2], r[6]) for r in rows] == [("1", "step1", "adam"), ("1", "step1", "sgd"),
-                                                  ("2", "step2", "adam"), ("2", "step2", "sgd")]
+    rows = [re.fullmatch(r"  phase (\d)  (step\d)  (done|to run)\s+(.+?)(?:  \(from (.+)\))?", line).groups()
+            for line in lines[start + 1:]]
+    assert [(r[0], r[1], "binary_opt=adam" in r[3]) for r in rows] == [
+        ("1", "step1", True), ("1", "step1", False), ("2", "step2", True), ("2", "step2", False)]
     step1_names = [r[3] for r in rows[:2]]
-    assert [r[-1] for r in rows[2:]] == step1_names  # each step 2 names the step-1 run it starts from
+    assert all("stage=step1" in name for name in step1_names)
+    assert [r[4] for r in rows[2:]] == step1_names  # each step 2 names the step-1 run it starts from
     assert not (tmp_path / "res").exists()  # a dry run writes nothing
