@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from bnn.config import config_hash, step1_config, to_dict
 from pipeline.cost import format_duration, trial_seconds
 from pipeline.grids import Cell, Grid, GridError, load_cells
+from pipeline.isolation import isolate_local_ray
 from pipeline.lease import LaunchLease, LeaseHeld
 from pipeline.tracking import Tracker, create_sqlite_store, default_tracking_uri, sqlite_path, unusable_sqlite_store
 from pipeline.writer import TrackingWriter
@@ -141,6 +142,7 @@ def run_grids(
         summary.wall_s = time.perf_counter() - started
         return summary
 
+    isolate_local_ray(address, uri, storage)  # before any thread starts; Ray's ports reachable on loopback only
     for key, value in _RAY_ENV.items():
         os.environ.setdefault(key, value)
     summary.timings["validate_s"] = time.perf_counter() - started

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bnn.config import flatten, to_dict
+from pipeline.faults import driver_fault_point
 from pipeline.grids import Cell
 
 EXPERIMENT_PREFIX = "wmhp/"
@@ -263,6 +264,7 @@ class Tracker:
                 self.client.log_artifact(run_id, str(state_file))
         if error:
             self.client.set_tag(run_id, "wmhp.error", error[-5000:])
+        driver_fault_point("end_run")  # test hook: a driver killed between the results and the status
         self.client.set_terminated(run_id, status)
 
     def adopt(self, source: FinishedRun, experiment_id: str, cell: Cell, preset: str) -> str:
