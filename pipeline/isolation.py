@@ -37,7 +37,7 @@ _CLONE_NEWNET = 0x40000000
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
-_LOCAL_SCHEMES = ("sqlite", "file")
+_LOCAL_SCHEMES = ("", "sqlite", "file")  # "": a plain path
 _ELSEWHERE = "--address: Ray runs elsewhere"  # not this launch's Ray: nothing to say
 _owned = False
 
@@ -54,8 +54,10 @@ def why_not_isolated(address: str | None, tracking_uri: str | None, storage: str
         return _ELSEWHERE
     if os.environ.get(OPT_OUT_ENV, "1").strip().lower() in ("0", "no", "off", "false"):
         return f"{OPT_OUT_ENV}=0"
-    if tracking_uri and "://" in tracking_uri and tracking_uri.split(":", 1)[0] not in _LOCAL_SCHEMES:
-        return f"--tracking-uri {tracking_uri[:200]} is a server, out of reach from a private network namespace"
+    uri = tracking_uri or ""
+    scheme = uri.split(":", 1)[0] if ":" in uri or uri.startswith("databricks") else ""
+    if scheme not in _LOCAL_SCHEMES:  # a server, a database server, databricks, ...
+        return f"--tracking-uri {uri[:200]} is not a local file, out of reach from a private network namespace"
     if storage and "://" in storage and storage.split(":", 1)[0] != "file":
         return f"--storage {storage[:200]} is remote, out of reach from a private network namespace"
     return None

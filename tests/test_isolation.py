@@ -22,8 +22,11 @@ from pipeline.isolation import isolate_local_ray, why_not_isolated
     (None, "file:///tmp/mlruns", "file:///tmp/ray", None),
     ("auto", None, None, "--address"),
     ("10.0.0.1:6379", None, None, "--address"),
-    (None, "http://127.0.0.1:5000", None, "--tracking-uri http://127.0.0.1:5000 is a server"),
-    (None, "https://mlflow.example.org", None, "is a server"),
+    (None, "/tmp/r/mlruns", None, None),
+    (None, "http://127.0.0.1:5000", None, "--tracking-uri http://127.0.0.1:5000 is not a local file"),
+    (None, "https://mlflow.example.org", None, "is not a local file"),
+    (None, "databricks", None, "is not a local file"),
+    (None, "postgresql://db.example.org/mlflow", None, "is not a local file"),
     (None, None, "s3://bucket/ray", "--storage s3://bucket/ray is remote"),
 ])  # fmt: skip
 def test_which_launches_keep_the_host_network(monkeypatch, address, uri, storage, reason) -> None:
