@@ -23,6 +23,7 @@ from typing import Any, Callable, TextIO, TypeVar
 from bnn.config import config_hash, step1_config
 from pipeline.cost import format_duration
 from pipeline.grids import Cell, Grid, GridError, load_cells
+from pipeline.isolation import isolate_local_ray
 from pipeline.launch import RunSummary, connect_ray, execute, import_tune_side
 from pipeline.lease import LaunchLease, LeaseHeld
 from pipeline.options import LaunchError, LaunchOptions
@@ -95,6 +96,7 @@ def run_grids(
         summary.wall_s = time.perf_counter() - started
         return summary
 
+    isolate_local_ray(options.address, uri, summary.storage)  # before any thread: Ray on loopback only
     for key, value in _RAY_ENV.items():
         os.environ.setdefault(key, value)
     summary.timings["validate_s"] = time.perf_counter() - started

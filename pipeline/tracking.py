@@ -19,6 +19,7 @@ from typing import Any
 
 from bnn.config import DataConfig, TrainConfig, config_hash, flatten, from_params, neutral_fields, to_dict
 from bnn.data.splits import DEFAULT_SOURCES, split_digest, split_sizes
+from pipeline.faults import driver_fault_point
 from pipeline.grids import Cell
 from wmhp import contract
 
@@ -252,6 +253,7 @@ class Tracker:
                 self.client.log_artifact(run_id, str(state_file))
         if error:
             self.client.set_tag(run_id, contract.TAG_ERROR, error[-5000:])
+        driver_fault_point("end_run")  # test hook: a driver killed between the results and the status
         self.client.set_terminated(run_id, status)
 
     def adopt(self, source: FinishedRun, experiment_id: str, cell: Cell, preset: str) -> str:

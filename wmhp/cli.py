@@ -44,6 +44,10 @@ def entry() -> None:
     interpreter's teardown of Ray's and torch's native libraries would still take 1-2 s more on a small machine,
     which every `wmhp ablate` launch would pay. An exception still ends the normal way, with its traceback.
     """
+    if sys.argv[1:2] in (["ablate"], ["reproduce"]):
+        from pipeline.isolation import own_process
+
+        own_process()  # a launch process: local Ray may go into a private network namespace
     code = main()
     logging.shutdown()
     sys.stdout.flush()
