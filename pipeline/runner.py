@@ -16,7 +16,6 @@ import math
 import os
 import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,9 @@ _RAY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # the old reporter honours verbose=0; the new one prints tables regardless
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # no per-trial json/csv/tensorboard files: MLflow has it all
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",  # checkpointing every epoch is intended
+    # Tune's experiment snapshot (every 10 s) serves Tuner.restore, which wmhp never uses (it resumes from MLflow and
+    # the cells' checkpoints): ~3 s of driver CPU per 24-trial launch, make bench 2026-11-30.
+    "TUNE_GLOBAL_CHECKPOINT_S": "86400",
     "TUNE_PRINT_ALL_TRIAL_ERRORS": "1",
     # Read at a process's first cuBLAS call, so it must be in the workers' environment from the start for
     # TrainConfig.deterministic; harmless otherwise (a fixed 8 x 4 MiB cuBLAS workspace).
@@ -176,12 +178,7 @@ def run_grids(
         failure: Exception | None = None
         try:
             if plan.targets or any(job.remaining for job in plan.tpe):
-                # Tune and the trainable take seconds to import; ray.init mostly waits on the processes it
-                # starts (the GIL is free), so the imports run beside it.
-                importer = threading.Thread(target=_import_tune_side, name="wmhp-import", daemon=True)
-                importer.start()
                 started_ray = _connect_ray(address, num_cpus, summary)
-                importer.join()
                 if plan.targets:
                     _run_tune(plan, writer, summary, gpus_per_trial, cpus_per_trial, max_concurrent, max_failures,
                               fault, gpu, out)
@@ -515,15 +512,6 @@ def _connect_ray(address: str | None, num_cpus: int | None, summary: RunSummary)
         raise LaunchError(f"--address {address or 'local'}: cannot start or reach Ray ({exc})") from None
     summary.timings["ray_init_s"] = time.perf_counter() - start
     return True
-
-
-def _import_tune_side() -> None:
-    try:
-        import ray.tune  # noqa: F401
-
-        import pipeline.callbacks  # noqa: F401
-    except BaseException:  # noqa: BLE001 - only a head start: _run_tune imports them again and reports errors
-        pass
 
 
 def two_step_phases(targets: dict[str, list[Cell]]) -> list[dict[str, list[Cell]]]:
