@@ -5,8 +5,8 @@
   os._exit        wmhp.cli.entry ends with os._exit: a process that imported torch, MLflow and Tune and ran
                   ray.init / ray.shutdown, from its last line to its exit, with a normal interpreter exit and with it
 
-Each pair runs alternately (one of each per round) and reports medians. bnn.optim.cpu_workers' pool is timed in
-bench_filter. Run alone: python -m benchmarks.bench_devices
+Each pair runs alternately (one of each per round) and reports medians. The filter step's one intra-op thread is timed
+in bench_filter. Run alone: python -m benchmarks.bench_devices
 """
 
 from __future__ import annotations

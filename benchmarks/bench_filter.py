@@ -8,6 +8,7 @@ Run alone: python -m benchmarks.bench_filter
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -66,21 +67,14 @@ def per_tensor_step(params: list[Tensor], grads: list[Tensor], ms: list[Tensor],
         p.copy_(torch.where(x * p > 0, -p, p))
 
 
-def step_in_calling_thread(opt: GradientFilter, threads: int | None) -> None:
-    """One step with the cache blocks run one after another in this thread instead of on bnn.optim.cpu_workers'
-    pool: with torch's intra-op threads inside every block op (``threads=None``), or with ``threads`` of them."""
-    def serial(items, update):  # noqa: ANN001, ANN202
-        for item in items:
-            update(item)
-
-    pooled, previous = bnn.optim.base.run_blocks, torch.get_num_threads()
-    bnn.optim.base.run_blocks = serial
+def step_with_openmp_in_each_op(opt: GradientFilter) -> None:
+    """One step without bnn.optim.base's one_intra_op_thread: torch's OpenMP threads inside every block op."""
+    single = bnn.optim.base.one_intra_op_thread
+    bnn.optim.base.one_intra_op_thread = contextlib.nullcontext
     try:
-        torch.set_num_threads(threads or previous)
         opt.step()
     finally:
-        bnn.optim.base.run_blocks = pooled
-        torch.set_num_threads(previous)
+        bnn.optim.base.one_intra_op_thread = single
 
 
 class Setup:
@@ -136,11 +130,10 @@ def run(out_dir: Path, device: str = "cpu", repeats: int = REPEATS) -> dict:
     fused_state_mismatches = sum(int((a != b).sum()) for a, b in zip(fused.ms + fused.xs, ours.ms + ours.xs))
 
     plain = Setup(start)
-    serial_omp, serial_one = (Setup(start) for _ in range(2))
-    serial_opts = [GradientFilter(setup.params, alpha=ALPHA, gamma=GAMMA) for setup in (serial_omp, serial_one)]
-    for opt in serial_opts:
-        for p, g in zip(opt.param_groups[0]["params"], grads):
-            p.grad = g
+    openmp = Setup(start)
+    openmp_opt = GradientFilter(openmp.params, alpha=ALPHA, gamma=GAMMA)
+    for p, g in zip(openmp.params, grads):
+        p.grad = g
     src, dst = torch.randn(numel, generator=gen).to(dev), torch.empty(numel, device=dev)
     timings = {
         "official code (fused EMA)": lambda: official_step(fused.params, grads, fused.ms, fused.xs, True),
@@ -148,8 +141,7 @@ def run(out_dir: Path, device: str = "cpu", repeats: int = REPEATS) -> dict:
             reference.params, grads, reference.ms, reference.xs, False),
         "per-tensor loop, no concatenation": lambda: per_tensor_step(plain.params, grads, plain.ms, plain.xs),
         "GradientFilter.step": filter_opt.step,
-        "step without the worker pool, OpenMP in each op": lambda: step_in_calling_thread(serial_opts[0], None),
-        "step without the worker pool, 1 thread": lambda: step_in_calling_thread(serial_opts[1], 1),
+        "GradientFilter.step, OpenMP threads in each block op": lambda: step_with_openmp_in_each_op(openmp_opt),
         "plain copy of one tensor": lambda: dst.copy_(src),
     }
     default_threads = torch.get_num_threads()
@@ -206,8 +198,7 @@ def summarize(seconds: dict[str, float], bytes_per_step: int, copy_bytes: int) -
         "speedup_vs_official": seconds["official code (fused EMA)"] / ours,
         "speedup_vs_official_unfused": seconds["official structure, unfused EMA"] / ours,
         "speedup_vs_per_tensor_loop": seconds["per-tensor loop, no concatenation"] / ours,
-        "worker_pool_vs_openmp_in_each_op": seconds["step without the worker pool, OpenMP in each op"] / ours,
-        "worker_pool_vs_one_thread": seconds["step without the worker pool, 1 thread"] / ours,
+        "one_thread_vs_openmp_in_each_op": seconds["GradientFilter.step, OpenMP threads in each block op"] / ours,
         "achieved_gbps": achieved_gbps,
         "copy_gbps": copy_gbps,
         "fraction_of_copy_bandwidth": achieved_gbps / copy_gbps,
@@ -233,8 +224,8 @@ def markdown(r: dict) -> str:
             f"{ours:.1f} ms = {t['achieved_gbps']:.1f} GB/s; a plain tensor copy reaches {t['copy_gbps']:.1f} GB/s "
             f"(read + write): {100 * t['fraction_of_copy_bandwidth']:.0f}% (goal 50%)",
             f"- speedup over the official code: {t['speedup_vs_official']:.1f}x (goal 4x)",
-            f"- bnn.optim.cpu_workers' pool: {t['worker_pool_vs_openmp_in_each_op']:.1f}x the step with OpenMP "
-            f"threads in each block op, {t['worker_pool_vs_one_thread']:.2f}x the step on one thread",
+            f"- one intra-op thread for the block ops (bnn.optim.base): {t['one_thread_vs_openmp_in_each_op']:.2f}x "
+            "the step with OpenMP threads in each block op",
             "",
         ]
     lines.append(

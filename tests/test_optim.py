@@ -311,6 +311,7 @@ def test_results_do_not_depend_on_thread_count_or_blocking():
                 p.grad = torch.randn(p.shape, generator=gen)
             opt.step()
         results.append([t.clone() for p in params for t in (p, opt.state[p]["m"], opt.state[p]["x"])])
+        assert torch.get_num_threads() == threads  # the step's one intra-op thread is its own business
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
