@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from analysis.schema import SchemaError
-
-DEFAULT_RESULTS = Path("results")
+from wmhp.contract import DEFAULT_RESULTS_DIR as DEFAULT_RESULTS
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
@@ -62,6 +61,9 @@ def figures_main(argv: list[str]) -> int:
     )
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="default: %(default)s")
     parser.add_argument("--preset", default=None, help="draw runs of this preset (default: the one with most runs)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store to log the report to, as run 'report' of experiment wmhp/report "
+                             "(default: sqlite:///<results-dir>/mlflow.db when that file exists)")  # fmt: skip
     args = _parse(parser, argv)
     if isinstance(args, int):
         return args
@@ -78,4 +80,29 @@ def figures_main(argv: list[str]) -> int:
     figures = sorted({p.parent for p in written if p.suffix in (".png", ".pdf")})
     print(f"{len(written)} files written; figures in {', '.join(map(str, figures)) or '(none)'}")
     print(f"report: {args.results_dir / 'REPORT.md'}")
+    return _log_report(args.results_dir, written, args.tracking_uri)
+
+
+def _log_report(results_dir: Path, written: list[Path], tracking_uri: str | None) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from analysis.collect import CollectError
+    from analysis.report_run import log_report, store_for, ui_address
+
+    uri = store_for(results_dir, tracking_uri)
+    if uri is None:
+        print(f"not logged to MLflow: no store at {results_dir / 'mlflow.db'} (pass --tracking-uri)")
+        return 0
+    try:
+        experiment_id, run_id = log_report(results_dir, written, uri)
+    except CollectError as exc:
+        print(f"wmhp figures: error: {exc}", file=sys.stderr)
+        return 2
+    except (MlflowException, OSError) as exc:  # the files are written; only the copy in MLflow failed
+        print(f"wmhp figures: error: logging the report to {uri} failed: {str(exc)[:300]}", file=sys.stderr)
+        return 1
+    print(f"logged to MLflow: experiment wmhp/report, run report ({run_id}) at {uri}")
+    address = ui_address(uri, experiment_id, run_id)
+    if address:
+        print(f"open: {address}")
     return 0

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.collect import CURVES_FILE, RUNS_FILE
 from analysis.schema import FINISHED, read_curves, read_runs
-from bnn.config import field_names
+from bnn.config import field_names, neutral_fields
+from wmhp.contract import CURVES_PARQUET, RUNS_PARQUET
 
 CONFIG_FIELDS: tuple[str, ...] = tuple(field_names())
 CELL_FIELDS: tuple[str, ...] = tuple(name for name in CONFIG_FIELDS if name != "seed")
-# Identity of a cell apart from fields that cannot change results (where data lives, loader workers, device).
-_INERT = {"data.root", "data.num_workers", "data.download", "device", "eval_batch_size", "model.teacher_path"}
+# Identity of a cell apart from fields that cannot change results (where data lives, loader workers, device):
+# the schema marks them (bnn.config.neutral_fields).
+_INERT = frozenset(neutral_fields())
 
 
 @dataclass
@@ -75,8 +76,8 @@ class Experiment:
 def load(results_dir: Path) -> Results:
     """Read and check both parquet files (SchemaError names a missing or mistyped column)."""
     results_dir = Path(results_dir)
-    runs = read_runs(results_dir / RUNS_FILE).to_pandas()
-    curves = read_curves(results_dir / CURVES_FILE).to_pandas()
+    runs = read_runs(results_dir / RUNS_PARQUET).to_pandas()
+    curves = read_curves(results_dir / CURVES_PARQUET).to_pandas()
     runs["model.hidden"] = [tuple(int(h) for h in v) if v is not None else () for v in runs["model.hidden"]]
     runs["model.label"] = [
         f"{name} {'-'.join(map(str, hidden))}" if name == "mlp" else name

@@ -20,32 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bnn.config import field_names, field_type
+from wmhp.contract import EPOCH_METRICS, FLIPS_PREFIX
 
 SCHEMA_VERSION = "2"
-FLIPS_PREFIX = "flips."
 FINISHED = "FINISHED"
 
-# Every per-epoch metric of bnn.train's contract except the per-layer "flips.<layer>" ones.
-EPOCH_METRICS: tuple[str, ...] = (
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "test_loss",
-    "test_acc",
-    "flip_ratio",
-    "sign_agreement_init",
-    "init_forget_step",
-    "lr",
-    "alpha",
-    "real_lr",
-    "epoch_s",
-    "steps",
-    "sign_hash",
-)
-
 RUN_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
-    ("experiment", pa.string()),  # wmhp.experiment tag: e1..e8
+    ("experiment", pa.string()),  # the experiment tag: e1..e9
     ("grid", pa.string()),
     ("preset", pa.string()),
     ("config_hash", pa.string()),
@@ -58,7 +39,7 @@ RUN_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("end_time", pa.timestamp("ms", tz="UTC")),
     ("wall_s", pa.float64()),  # end_time - start_time; NaN while a run has no end
     ("epochs_done", pa.int64()),  # rows of this run in curves.parquet
-    ("filter_alpha", pa.float64()),  # the exact gradient-filter reading of the binary optimizer (analysis.reading)
+    ("filter_alpha", pa.float64()),  # the exact gradient-filter reading of the binary optimizer (bnn.mapping)
     ("filter_gamma", pa.float64()),  # NaN where there is none (Adam)
     # Search grids (E9; pipeline/search.py): the space a trial sampled, its searcher (random / tpe), the TPE
     # repeat and the trial's index in its pool or repeat; null for grid cells.

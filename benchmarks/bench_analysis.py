@@ -1,6 +1,6 @@
 """collect + figures on a generated result set of about 2,000 trials x 100 epochs (goal: under 30 s together).
 
-Setup, not timed: analysis.synthetic logs the set into a fresh sqlite MLflow store in the exact form the
+Setup, not timed: benchmarks.synthetic logs the set into a fresh sqlite MLflow store in the exact form the
 pipeline writes (cached under the system temp dir, keyed by size and generator version, since logging 2,000
 runs through MLflow takes minutes). Finished runs carry their full per-epoch numbers in curves.csv and only the
 last epoch in the metric history (what collect reads either way); killed and running runs carry full history.
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from analysis import synthetic
+from benchmarks import synthetic
+from wmhp.contract import CURVES_PARQUET, RUNS_PARQUET, default_tracking_uri
 
 SIZE = synthetic.Size(points=12, seeds=5, epochs=100)  # 1,995 finished + 10 unfinished runs
 GOAL_S = 30.0
@@ -47,7 +48,7 @@ def generated_set() -> tuple[Path, int, float]:
         shutil.rmtree(root)
     root.mkdir(parents=True)
     start = time.perf_counter()
-    runs = synthetic.write(f"sqlite:///{root / 'mlflow.db'}", root, SIZE, history="final")
+    runs = synthetic.write(default_tracking_uri(root), root, SIZE, history="final")
     seconds = time.perf_counter() - start
     marker.write_text(json.dumps({"runs": runs, "generation_s": seconds}))
     return root, runs, seconds
@@ -69,8 +70,8 @@ def run(out_dir: Path) -> dict:
     root, runs, generation_s = generated_set()
     collect_s = _timed("collect", "--results-dir", str(root))
     figures_s = _timed("figures", "--results-dir", str(root))
-    rows = pq.read_metadata(root / "runs.parquet").num_rows
-    epochs = pq.read_metadata(root / "curves.parquet").num_rows
+    rows = pq.read_metadata(root / RUNS_PARQUET).num_rows
+    epochs = pq.read_metadata(root / CURVES_PARQUET).num_rows
     if rows != runs:
         raise RuntimeError(f"runs.parquet has {rows} rows for {runs} generated runs")
     total = collect_s + figures_s

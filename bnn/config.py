@@ -40,10 +40,25 @@ def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
+# Field metadata: a result-neutral field says where or how fast a run happens, not what it computes (where the data
+# lives, loader workers, device, evaluation batch size). Its value is left out of a config's identity
+# (``identity_dict``, ``config_hash``), so a cell run with another data root or worker count is the same cell, and
+# analysis averages over it (``neutral_fields``). "presence": only whether the field is set changes results.
+NEUTRAL = "neutral"
+
+
+def _neutral(default: Any, how: bool | str = True) -> Any:
+    return field(default=default, metadata={NEUTRAL: how})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
+    # mlp: the digits/Fashion-MNIST presets train it in seconds on a CPU, and E1-E8 study the optimizer, not
+    # the architecture; resnet20 (CIFAR-10) and reactnet_a (ImageNet) are the paper's scales.
     name: Literal["mlp", "resnet20", "reactnet_a"] = "mlp"
-    hidden: tuple[int, ...] = (512, 512, 512)  # mlp only: in->h[0], binary h[i]->h[i+1], real h[-1]->out
+    # mlp only: in->h[0], binary h[i]->h[i+1], real h[-1]->out. 512 wide: enough binary weights for the flip
+    # statistics to mean something, at a cost the cpu preset affords.
+    hidden: tuple[int, ...] = (512, 512, 512)
     # mlp only. "binary" (BinaryNet style: real pixels x binary weights) makes the binary weights carry the
     # accuracy: frozen at init they score far below trained (paper.md section 6); "real" keeps in->h[0] real.
     first_layer: Literal["binary", "real"] = "binary"
@@ -51,22 +66,36 @@ class ModelConfig:
     # "reactnet" is the official code's step-2 HardBinaryConv: mean|w| scaling built in (detached), clamp estimator
     # with the gradient not multiplied by the scale (bnn/layers.py). Binary weights (bop, filter) ignore it.
     weight_ste: Literal["identity", "clipped", "reactnet"] = "identity"
+    # Bi-Real's piecewise-quadratic estimator: the one the official ReActNet-A code uses (paper.md section 4).
     activation_ste: Literal["bireal", "clipped"] = "bireal"
-    scaling: bool = False  # per-output-channel mean|w| scaling (latent weights only)
-    teacher_path: str | None = None  # reactnet_a: torchvision ResNet-34 state_dict for distillation
+    # Off: per-channel mean|w| scaling exists only for latent weights, and the filter/Bop keep +-1 weights (a
+    # scaled latent net is no longer the filter's twin); resolve refuses it with bop, filter or frozen.
+    scaling: bool = False
+    # reactnet_a: torchvision ResNet-34 state_dict for distillation. None: plain cross-entropy, the only loss the
+    # small presets need. Result-neutral up to its presence: which path holds the teacher does not matter.
+    teacher_path: str | None = _neutral(None, "presence")
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    # digits ships with scikit-learn (nothing to download), so a fresh checkout and the tests train at once.
     name: Literal["digits", "fashion-mnist", "cifar10", "imagenet"] = "digits"
-    root: str | None = None  # directory holding the dataset files; None = the dataset's default places
-    download: bool = False  # allow a torchvision download when the files are not found locally
-    augment: bool = True  # cifar10 / imagenet training augmentation
-    train_subset: int | None = None  # use only the first N training examples (fixed by the split seed)
+    # Directory holding the dataset files; None = the dataset's default places. Result-neutral: where the files
+    # lie does not change a run.
+    root: str | None = _neutral(None)
+    # False: a run never reaches the network behind the user's back; result-neutral (the same files either way).
+    download: bool = _neutral(False)
+    # On: the CIFAR-10/ImageNet recipes (random crop + flip) the reference numbers were measured with.
+    augment: bool = True
+    # None: the whole training set; presets cut it to fit a CPU budget (fixed by the split seed).
+    train_subset: int | None = None
     # Held out from the training set (before train_subset) for every selection: best epoch, best cell, searched
     # setting. The test set is reported, never selected on. 0 = no validation split (val metrics are NaN).
+    # 10 %: enough examples to rank cells, few enough to leave training data nearly whole.
     val_fraction: float = 0.1
-    num_workers: int = 2  # imagenet DataLoader workers
+    # imagenet DataLoader workers. Result-neutral (the augmentation seed is per example, bnn/data/imagenet.py);
+    # 2 fits a laptop, clusters raise it.
+    num_workers: int = _neutral(2)
 
 
 DEFAULT_FILTER = {"alpha": 1e-3, "gamma": 0.1}  # the filter setting of grids e6-e8: trains every preset
@@ -84,16 +113,26 @@ class BinaryOptConfig:
     train as usual).
     """
 
+    # The paper's optimizer: what this project is about, so the default a bare ``wmhp train`` shows.
     name: Literal["sgd", "adam", "bop", "filter", "frozen"] = "filter"
+    # 0.1: a step large against the 1e-3 init scale, so latent SGD flips signs from its first steps.
     lr: float = 0.1
+    # 0: plain SGD, so alpha = lr * weight_decay alone sets the filter (gamma = 1); grids set momentum explicitly.
     momentum: float = 0.0
+    # 0: the official ImageNet recipe (paper.md section 4); without decay the latent weight is a pure accumulator.
     weight_decay: float = 0.0
+    # l2: torch.optim.Adam's own form (decay in the gradient); "decoupled" (AdamW) is a different algorithm
+    # (paper.md section 2), so a grid has to ask for it by name.
     decay_mode: Literal["l2", "decoupled"] = "l2"
+    # Kingma & Ba's defaults (torch's too): a grid that names none of them gets the Adam everyone means.
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    # None: derived in resolve (mapped from lr/weight_decay/momentum, or DEFAULT_FILTER), so one config can say
+    # "the filter equivalent to this latent SGD" without the user doing the mapping.
     alpha: float | None = None
     gamma: float | None = None
+    # 0: Bop is then the filter at gamma = 1 bit for bit (bnn/optim/bop.py), so the two compare directly.
     threshold: float = 0.0
     # filter only. "zero": m = x = 0, the paper's optimizer (its first step overwrites the init's signs).
     # "latent": the state latent SGD at (lr, alpha*gamma/lr) would be in after its init w0, x0 = m0 =
@@ -106,9 +145,11 @@ class BinaryOptConfig:
 class RealOptConfig:
     """Optimizer of the real-valued parameters (BatchNorm, first and last layers, biases)."""
 
+    # Adam at 1e-3, no decay: the official code's optimizer for the real-valued parameters (paper.md section 4),
+    # so only the binary weights' optimizer changes between cells.
     name: Literal["adam", "sgd"] = "adam"
     lr: float = 1e-3
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only: the usual CIFAR value, should a grid switch the real optimizer to sgd
     weight_decay: float = 0.0
 
 
@@ -120,6 +161,8 @@ class InitConfig:
     cannot learn (19.9 % measured with a binary first layer), so it is refused rather than silently broken.
     """
 
+    # Uniform(-1e-3, 1e-3): the official code's latent init (paper.md section 4); small, so latent SGD forgets it
+    # quickly (E3 varies the scale).
     distribution: Literal["uniform", "normal"] = "uniform"
     scale: float = 1e-3
 
@@ -128,8 +171,10 @@ class InitConfig:
 class ScheduleConfig:
     """Per-epoch multiplier on every learning rate, and so on alpha (paper.md section 3)."""
 
+    # linear 1 - e/E per epoch: the official code's decay of alpha and of the real-valued lr (paper.md section 3).
     name: Literal["constant", "linear", "cosine", "step"] = "linear"
-    step_epochs: int = 30  # step: multiply by step_factor every step_epochs epochs
+    # step: multiply by step_factor every step_epochs epochs. 30 x 0.1: the classic ImageNet step schedule.
+    step_epochs: int = 30
     step_factor: float = 0.1
 
 
@@ -141,11 +186,15 @@ class TrainConfig:
     real_opt: RealOptConfig = field(default_factory=RealOptConfig)
     init: InitConfig = field(default_factory=InitConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    epochs: int = 10
-    batch_size: int = 128
-    eval_batch_size: int = 1000
+    epochs: int = 10  # a quick bare ``wmhp train``; every preset and grid sets its own
+    batch_size: int = 128  # CIFAR-10's usual batch (paper.md section 4); small enough for CPU steps to be quick
+    # 1000: fewer evaluation steps; result-neutral (evaluation is in eval mode, BatchNorm uses running stats).
+    eval_batch_size: int = _neutral(1000)
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: CUDA when present, else the CPU, so one grid file serves a laptop and a cluster. Result-neutral: the
+    # identity of a cell is its hyperparameters, not the machine that ran it.
+    device: Literal["auto", "cpu", "cuda"] = _neutral("auto")
+    # float32: what every published BNN trains in; float64 exists for the bit-level equivalence checks.
     dtype: Literal["float32", "float64"] = "float32"
     # CUDA only (a no-op on the CPU, whose kernels are deterministic already): torch deterministic algorithms,
     # CUBLAS_WORKSPACE_CONFIG=:4096:8, cuDNN benchmark off. Cost: the convolution algorithms cuDNN would pick by
@@ -403,11 +452,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
     filter: alpha None -> (alpha, gamma) mapped exactly from (lr, weight_decay, momentum), or DEFAULT_FILTER
     when weight_decay is 0 and gamma None (nothing to map from); gamma None -> 1.
     bop: gamma None -> 1e-4 (Helwegen et al.'s default adaptivity rate).
+    Every rule that joins two fields is checked here, so a grid is refused at validation, not in its trials.
     """
+    _check_pairs(config)
     opt = config.binary_opt
     if config.stage != "single" and opt.name not in ("sgd", "adam"):
-        raise ConfigError(f"stage: {config.stage!r} is for the latent baselines (binary_opt sgd or adam); "
-                          f"{opt.name} trains in one step (stage 'single')")  # fmt: skip
+        raise ConfigError(f"stage: {config.stage!r} is for the latent baselines (binary_opt.name sgd or adam), but "
+                          f"binary_opt.name is {opt.name!r}, which trains in one step (stage 'single')")  # fmt: skip
     if opt.name == "filter":
         if opt.alpha is None:
             if opt.gamma is not None:
@@ -438,6 +489,34 @@ def resolve(config: TrainConfig) -> TrainConfig:
     return resolved
 
 
+_BINARY_WEIGHTS = ("bop", "filter", "frozen")  # optimizers that keep every binary weight at exactly +-1
+# Smallest image side of each dataset as the models see it (imagenet: the 224 crop); reactnet_a halves the
+# resolution 5 times and needs >= 32 (bnn.models._check_input_shape).
+_IMAGE_SIDE = {"digits": 8, "fashion-mnist": 28, "cifar10": 32, "imagenet": 224}
+_MIN_SIDE = {"mlp": 1, "resnet20": 4, "reactnet_a": 32}
+
+
+def _check_pairs(config: TrainConfig) -> None:
+    """Cross-field rules: one line naming both fields."""
+    model, opt = config.model, config.binary_opt
+    if model.scaling and opt.name in _BINARY_WEIGHTS:
+        raise ConfigError(f"model.scaling: true needs latent weights (binary_opt.name sgd or adam), but "
+                          f"binary_opt.name is {opt.name!r}, which keeps every binary weight at exactly +-1")  # fmt: skip
+    side, needed = _IMAGE_SIDE[config.data.name], _MIN_SIDE[model.name]
+    if side < needed:
+        fits = ", ".join(name for name, s in _IMAGE_SIDE.items() if s >= needed)
+        raise ConfigError(f"model.name: {model.name!r} needs images of side >= {needed}, but data.name "
+                          f"{config.data.name!r} has {side}x{side} (use data.name {fits})")  # fmt: skip
+    from bnn.data.splits import TRAIN_SIZES  # here: bnn.data.splits imports this module
+
+    data = config.data
+    n, n_val = TRAIN_SIZES[data.name], round(data.val_fraction * TRAIN_SIZES[data.name])
+    if data.train_subset is not None and data.train_subset > n - n_val:
+        raise ConfigError(f"data.train_subset: expected at most {n - n_val} (data.name {data.name!r}: {n} training "
+                          f"examples less the {n_val} of data.val_fraction {data.val_fraction}), "
+                          f"got {data.train_subset}")  # fmt: skip
+
+
 def step1_config(config: TrainConfig) -> TrainConfig:
     """The step-1 run a step-2 config starts from: the same config with stage step1 (so no path is in a config)."""
     if config.stage != "step2":
@@ -445,9 +524,66 @@ def step1_config(config: TrainConfig) -> TrainConfig:
     return replace(config, stage="step1")
 
 
+@functools.cache
+def neutral_fields() -> dict[str, bool | str]:
+    """Dotted name -> neutral mark (True, or "presence") of every result-neutral field of the schema."""
+    out: dict[str, bool | str] = {}
+
+    def walk(cls: Any, prefix: str) -> None:
+        hints = _type_hints(cls)
+        for f in fields(cls):
+            if is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            elif f.metadata.get(NEUTRAL):
+                out[f"{prefix}{f.name}"] = f.metadata[NEUTRAL]
+
+    walk(TrainConfig, "")
+    return out
+
+
+def identity_dict(config: TrainConfig) -> dict[str, Any]:
+    """The nested dict that names a run: result-neutral fields at their schema defaults ("presence" ones: the
+    default when unset, "<set>" otherwise). Resetting rather than dropping them keeps the hash of every config
+    whose neutral fields are at their defaults (the cpu and smoke presets) what it was before they were marked."""
+    data = to_dict(config)
+    defaults = flatten(TrainConfig())
+    for name, how in neutral_fields().items():
+        *parents, leaf = name.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        keep = how == "presence" and node[leaf] is not None
+        node[leaf] = "<set>" if keep else defaults[name]
+    return data
+
+
 def canonical_json(config: TrainConfig) -> str:
-    """Sorted keys, floats in repr form: the text that config_hash hashes."""
-    return json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+    """Sorted keys, floats in repr form, neutral fields at their defaults: the text config_hash hashes and a
+    checkpoint is matched by (so a run resumes with another data root or worker count)."""
+    return json.dumps(identity_dict(config), sort_keys=True, separators=(",", ":"))
+
+
+def from_params(params: dict[str, str]) -> TrainConfig | None:
+    """The config a stored run logged as string params (``str(value)`` of every dotted field), or None when a
+    field is missing (the run predates it: its config cannot be known) or a value does not read back."""
+    import ast
+
+    values: dict[str, Any] = {}
+    for name in field_names():
+        if name not in params:
+            return None
+        text, tp = params[name], field_type(name)
+        if tp is str or str in get_args(tp):  # a path: '/data/x' or None, never a number
+            values[name] = None if text == "None" else text
+            continue
+        try:
+            values[name] = ast.literal_eval(text)  # numbers, None, True, (512, 512)
+        except (ValueError, SyntaxError):
+            values[name] = text  # a choice: 'mlp', 'filter'
+    try:
+        return from_flat(values)
+    except ConfigError:
+        return None
 
 
 def config_hash(config: TrainConfig) -> str:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bnn.outputs import FLIPS_PREFIX
+
 AGREEMENT_FORGET_LEVEL = 0.75  # init_forget_step: first step with sign_agreement_init below this
 COUNTERS = ("auto", "numpy", "torch")
 _NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
@@ -178,7 +180,7 @@ class FlipTracker:
         self._forget_step = forget_step
         steps = self._epoch_steps
         summary = {"flip_ratio": sum(flips) / (steps * self.total) if steps else math.nan}
-        summary.update({f"flips.{name}": (f / steps if steps else math.nan) for name, f in zip(self.names, flips)})
+        summary.update({FLIPS_PREFIX + name: (f / steps if steps else math.nan) for name, f in zip(self.names, flips)})
         summary["sign_agreement_init"] = 1.0 - disagreeing_count / self.total
         summary["init_forget_step"] = forget_step
         summary["steps"] = float(self.global_step)

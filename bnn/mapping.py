@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch stays unimported until a tensor is handed in: see bnn.checks
     from torch import Tensor
@@ -95,6 +95,40 @@ def approx_filter_to_latent(alpha: float, gamma: float, lr: float) -> tuple[floa
     return alpha * gamma / lr, 1.0 - gamma
 
 
+def filter_reading(opt: Any, rate: float | None = None) -> tuple[float, float]:
+    """(alpha, gamma) of the gradient filter whose sign trajectory is the binary optimizer's; NaNs where none is.
+
+    ``opt``: a binary_opt config (bnn.config.BinaryOptConfig, or anything with its field names as attributes).
+    ``rate``: the optimizer's step size this epoch when a schedule scales it (its param group's lr: latent SGD's
+    lr, the filter's alpha, Bop's gamma); None reads the configured one.
+
+    filter: its own. Latent SGD: latent_to_filter; with weight decay 0 the roots are alpha = 0 and
+    gamma = 1 - momentum (a pure accumulator); NaN for a step of 0 or without real roots in (0, 1] (e.g. lr 1,
+    weight decay 1e-2, momentum 0.9: the run trains on, it has no filter twin). Bop with threshold 0: alpha = Bop's
+    gamma, gamma = 1. Adam (beta2 and eps make it non-linear), Bop with a threshold, frozen: NaN.
+    """
+    none = (math.nan, math.nan)
+    if opt.name == "filter":
+        return _float(opt.alpha if rate is None else rate), _float(opt.gamma)
+    if opt.name == "sgd":
+        lr = opt.lr if rate is None else rate
+        if lr is None or opt.weight_decay is None or opt.momentum is None or not lr > 0:
+            return none
+        if opt.weight_decay == 0:
+            return 0.0, 1.0 - opt.momentum
+        try:
+            return latent_to_filter(lr, opt.weight_decay, opt.momentum)
+        except ValueError:
+            return none
+    if opt.name == "bop" and opt.threshold == 0:
+        return _float(opt.gamma if rate is None else rate), 1.0
+    return none
+
+
+def _float(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
 def adam_beta1_to_gamma(beta1: float) -> float:
     """Adam's first-moment rate in the filter reading: gamma = 1 - beta1 (beta2 and eps have no counterpart)."""
     return 1.0 - check_momentum("beta1", beta1)
@@ -129,6 +163,7 @@ __all__ = [
     "adam_beta1_to_gamma",
     "approx_filter_to_latent",
     "approx_latent_to_filter",
+    "filter_reading",
     "filter_state_from_latent",
     "filter_to_latent",
     "latent_to_filter",

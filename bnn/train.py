@@ -27,27 +27,21 @@ from bnn.config import ConfigError, TrainConfig, canonical_json, resolve, step1_
 from bnn.data import load_data
 from bnn.flips import FlipTracker
 from bnn.layers import binary_layers, init_binary_weights, split_parameters
-from bnn.mapping import latent_to_filter
+from bnn.mapping import filter_reading
 from bnn.models import build_model
 from bnn.models.distill import build_teacher, distillation_loss
 from bnn.optim import build_binary_optimizer, build_real_optimizer, weight_mode_for
+from bnn.outputs import CHECKPOINT_FILE, METRIC_NAMES  # noqa: F401 - METRIC_NAMES: part of this module's API
 from bnn.schedules import multiplier
 
 Metrics = dict[str, float]
 ReportFn = Callable[[Metrics], None]
-CHECKPOINT_FILE = "state.pt"
 log = logging.getLogger(__name__)
 
 
 class UnreadableCheckpoint(Exception):
     """A checkpoint file that cannot be loaded without running code: truncated, garbage, or a pickle that would
     construct objects other than tensors and plain containers (a planted payload). The message names the file."""
-
-# The per-epoch metrics every run reports, besides one "flips.<layer>" per binary layer.
-METRIC_NAMES = (
-    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "flip_ratio", "sign_agreement_init",
-    "init_forget_step", "lr", "alpha", "real_lr", "epoch_s", "steps", "sign_hash",
-)  # fmt: skip
 
 
 def pick_device(name: str) -> torch.device:
@@ -64,25 +58,6 @@ def sign_hash(weights: list[torch.Tensor]) -> float:
     for w in weights:
         digest.update(np.packbits((w.detach() >= 0).flatten().cpu().numpy()).tobytes())
     return float(int.from_bytes(digest.digest()[:6], "big"))
-
-
-def filter_alpha(config: TrainConfig, lr: float) -> float:
-    """alpha_t in the gradient-filter view of this epoch's binary-weight update; NaN where there is no exact one.
-
-    Latent SGD whose (lr_t, weight_decay, momentum) has no real poles (e.g. lr 1, weight decay 1e-2, momentum 0.9)
-    has no filter reading: NaN, and the run trains on.
-    """
-    opt = config.binary_opt
-    if opt.name == "filter":
-        return lr
-    if opt.name == "sgd" and opt.weight_decay > 0 and lr > 0:
-        try:
-            return latent_to_filter(lr, opt.weight_decay, opt.momentum)[0]
-        except ValueError:
-            return math.nan
-    if opt.name == "bop" and opt.threshold == 0:
-        return lr  # Bop with threshold 0 is the filter with gamma = 1 and alpha = Bop's gamma
-    return math.nan
 
 
 CUBLAS_WORKSPACE = ":4096:8"
@@ -251,7 +226,7 @@ class Run:
         flips = self.flips.epoch_summary()
         metrics.update(
             lr=lr,
-            alpha=filter_alpha(self.config, lr),
+            alpha=filter_reading(self.config.binary_opt, rate=lr)[0],
             real_lr=real_lr,
             sign_hash=sign_hash(self.binary_weights),
             epoch_s=time.perf_counter() - start,

@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.grids import Cell, Grid, GridError, builtin_grids, expand, find_grid, load_cells, load_grid
+from pipeline.options import LaunchError, LaunchOptions
 
 __all__ = [
-    "Cell", "Grid", "GridError", "LaunchError", "RunSummary", "builtin_grids", "expand", "find_grid", "load_cells",
-    "load_grid", "run_grids",
+    "Cell", "Grid", "GridError", "LaunchError", "LaunchOptions", "RunSummary", "builtin_grids", "expand",
+    "find_grid", "load_cells", "load_grid", "run_grids",
 ]  # fmt: skip
 
 
@@ -23,7 +24,7 @@ def run_grids(*args: Any, **kwargs: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("LaunchError", "RunSummary", "GridSummary"):
+    if name in ("RunSummary", "GridSummary"):
         import pipeline.runner
 
         return getattr(pipeline.runner, name)

@@ -18,11 +18,15 @@ from pipeline.cost import format_duration
 from pipeline.grids import Cell
 from pipeline.tracking import Tracker
 from pipeline.writer import TrackingWriter
-from pipeline.trial import RESTORED_KEY, STATE_FILE, fetch_file
+from pipeline.trial import RESTORED_KEY, STATE_FILE, TrialCell, fetch_file
+
+
+def payload(trial: Any) -> TrialCell:
+    return trial.config["cell"]
 
 
 def cell_hash(trial: Any) -> str:
-    return trial.config["cell"]["hash"]
+    return payload(trial)["hash"]
 
 
 @dataclass
@@ -111,7 +115,7 @@ class MlflowLogger(tune.Callback):
         log = self.trials.get(trial.trial_id)
         if log is None:
             return
-        epochs = trial.config["cell"]["config"]["epochs"]
+        epochs = payload(trial)["config"]["epochs"]
         if not log.reported and error is None:  # resumed from its last epoch's checkpoint: nothing left to train
             self._backfill(trial.trial_id, log, self.backfill.get(log.digest, []), epochs + 1)
         history = [log.history[e] for e in sorted(log.history)]
@@ -119,7 +123,7 @@ class MlflowLogger(tune.Callback):
             error = f"trial ended after epochs {sorted(log.history)} of {epochs}"
         status = "FINISHED" if error is None else "FAILED"
         # A cell resumed from its last epoch's checkpoint reports nothing new: its state is that checkpoint.
-        source = trial.checkpoint if trial.checkpoint is not None else trial.config["cell"].get("resume")
+        source = trial.checkpoint if trial.checkpoint is not None else payload(trial)["resume"]
         self.writer.submit(partial(self._end_runs, trial.trial_id, history, status,
                                    source if status == "FINISHED" else None, error))
         self.status[log.digest] = status
@@ -154,10 +158,10 @@ class MlflowLogger(tune.Callback):
 
 
 def _local_state_file(source: Any, scratch: Path) -> Path | None:
-    """state.pt of a tune.Checkpoint or of a resume record {storage, path}, as a local file."""
+    """state.pt of a tune.Checkpoint or of an earlier launch's checkpoint, as a local file."""
     import pyarrow.fs
 
-    if isinstance(source, dict):
+    if isinstance(source, dict):  # a StoredCheckpoint
         return fetch_file(source["storage"], source["path"], STATE_FILE, scratch)
     if isinstance(source.filesystem, pyarrow.fs.LocalFileSystem):
         path = Path(source.path) / STATE_FILE

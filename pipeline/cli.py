@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bnn.config import ConfigError, parse_override
+from wmhp.contract import DEFAULT_RESULTS_DIR
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("grids", nargs="*", metavar="GRID",
                         help="e1 ... e8, a full grid name, or a grid file path (default: all eight)")
     parser.add_argument("--preset", default="cpu", help="smoke, cpu, cifar10 or imagenet (default: cpu)")
-    parser.add_argument("--results-dir", type=Path, default=Path("results"), help="default: results/")
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="default: %(default)s/")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results-dir>/mlflow.db)")
     parser.add_argument("--address", help="Ray cluster address, e.g. 'auto' on a cluster head (default: local Ray)")
     parser.add_argument("--storage", help="Tune storage path or URI, shared by all nodes (default: <results-dir>/ray)")
@@ -52,23 +53,20 @@ def ablate_main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"wmhp ablate: error: --set: {exc}", file=sys.stderr)
         return 2
-    from pipeline.runner import LaunchError, run_grids
+    from pipeline.runner import LaunchError, LaunchOptions, run_grids
 
     try:
-        summary = run_grids(
-            args.grids or None,
-            args.preset,
-            args.results_dir,
-            args.tracking_uri,
-            address=args.address,
+        options = LaunchOptions(
+            tracking_uri=args.tracking_uri,
             storage=args.storage,
+            address=args.address,
             gpus_per_trial=args.gpus_per_trial,
             cpus_per_trial=args.cpus_per_trial,
             max_concurrent=args.max_concurrent,
             max_failures=args.max_failures,
-            overrides=overrides,
-            dry_run=args.dry_run,
         )
+        summary = run_grids(args.grids or None, args.preset, args.results_dir, options, overrides=overrides,
+                            dry_run=args.dry_run)
     except GridError as exc:
         print(f"wmhp ablate: error: {exc}", file=sys.stderr)
         return 2

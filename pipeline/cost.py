@@ -12,9 +12,7 @@ import itertools
 import math
 
 from bnn.config import TrainConfig
-
-TEST_SIZES = {"digits": 360, "fashion-mnist": 10000, "cifar10": 10000, "imagenet": 50000}
-TRAIN_SIZES = {"digits": 1437, "fashion-mnist": 60000, "cifar10": 50000, "imagenet": 1281167}
+from bnn.data.splits import TEST_SIZES, TRAIN_SIZES
 INPUT_SIZES = {"digits": 64, "fashion-mnist": 784, "cifar10": 3072, "imagenet": 150528}
 CLASSES = {"digits": 10, "fashion-mnist": 10, "cifar10": 10, "imagenet": 1000}
 CONV_MACS = {"resnet20": 41e6, "reactnet_a": 4.8e9}  # per example, 32x32 and 224x224 inputs

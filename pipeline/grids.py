@@ -2,8 +2,8 @@
 
 A grid file (``pipeline/grids/eN_<name>.yaml``) is YAML with these top-level keys::
 
-    name: e2_lr_wd            # grid name: MLflow experiment "wmhp/<name>", trial names; [A-Za-z0-9_.-]
-    experiment: e2            # the paper experiment it regenerates (tag wmhp.experiment)
+    name: e2_lr_wd            # grid name: its MLflow experiment (wmhp.contract), trial names; [A-Za-z0-9_.-]
+    experiment: e2            # the paper experiment it regenerates (a run tag, and the start of run names)
     description: one line     # the claim it tests (optional)
     base: {...}               # TrainConfig overrides shared by every preset, nested or dotted
     axes:                     # cartesian product over the axes, in file order
@@ -51,7 +51,7 @@ from bnn.config import (
     resolve,
     step1_config,
 )
-from pipeline.cost import TRAIN_SIZES
+from wmhp.contract import REPORT_GRID, run_name
 
 GRID_DIR = Path(__file__).resolve().parent / "grids"
 SCALES_FILE = GRID_DIR / "scales.yaml"
@@ -108,10 +108,13 @@ class Cell:
     hash: str
     label: dict[str, Any]
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (search grids: space, searcher, ...)
+    run_name: str = field(init=False, compare=False)  # from the label as the cell was made (wmhp.contract.run_name)
 
-    @property
-    def run_name(self) -> str:
-        return f"{self.grid}-{self.hash}"
+    def __post_init__(self) -> None:
+        swept: dict[str, Any] = {}
+        for key, value in self.label.items():  # a zipped axis' value is a {field: value} mapping
+            swept.update(value if isinstance(value, dict) else {key: value})
+        object.__setattr__(self, "run_name", run_name(self.experiment, swept, self.config.seed))
 
 
 # --- finding grid files ------------------------------------------------------------------------------------
@@ -163,6 +166,8 @@ def load_grid(path: str | Path) -> Grid:
         if not isinstance(data[key], str) or not _NAME.match(data[key]):
             raise GridError(f"{where}: {key}: expected a non-empty string of letters, digits, '_', '.', '-', "
                             f"got {quote(data[key])}")
+    if data["name"] == REPORT_GRID:
+        raise GridError(f"{where}: name: '{REPORT_GRID}' is reserved for the report run of `wmhp figures`; choose another")
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise GridError(f"{where}: description: expected a string, got {quote(description)}")
@@ -380,7 +385,6 @@ def make_cell(grid: Grid, flat: dict[str, Any], label: dict[str, Any], where: st
         raise GridError(f"{where}:{cell}: {exc}") from None
     if check_paths:
         _check_paths(config, where)
-    _check_sizes(config, where)
     return Cell(grid.name, grid.experiment, config, config_hash(config), label, dict(tags or {}))
 
 
@@ -415,13 +419,6 @@ def _check_paths(config: TrainConfig, where: str) -> None:
     if teacher is not None and not Path(teacher).is_file():
         raise GridError(f"{where}: model.teacher_path: file {teacher!r} does not exist (a torchvision ResNet-34 "
                         f"state_dict, e.g. --set model.teacher_path=FILE)")
-
-
-def _check_sizes(config: TrainConfig, where: str) -> None:
-    subset, size = config.data.train_subset, TRAIN_SIZES.get(config.data.name)
-    if subset is not None and size is not None and subset > size:
-        raise GridError(f"{where}: data.train_subset: expected at most {size} (the {config.data.name} training "
-                        f"set's size), got {subset}")
 
 
 def load_cells(

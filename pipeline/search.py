@@ -20,18 +20,17 @@ A grid file with a top-level ``search`` section (and no ``axes``) describes sear
 The random pools are ordinary cells (``expand`` returns them), sampled once with a fixed seed per space, so a
 rerun finds the same config hashes and the launch's dedup skips the finished ones. TPE trials are proposed while
 the launch runs (pipeline.search_run); a rerun replays the finished ones into a fresh searcher. Every run carries
-the tags ``wmhp.space``, ``wmhp.searcher`` (random / tpe), ``wmhp.repeat``, ``wmhp.search_index`` and
-``wmhp.search_point`` (the sampled values, JSON).
+the search tags of wmhp.contract: space, searcher (random / tpe), repeat, index and the sampled point (JSON).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from bnn.config import ConfigError, coerce, field_type
+from wmhp.contract import search_tags  # also used by pipeline.search_run
 
 if TYPE_CHECKING:
     from pipeline.grids import Cell, Grid
@@ -224,16 +223,6 @@ def point_overrides(space: Space, point: dict[str, Any]) -> dict[str, Any]:
     """Sampled values (field -> raw sample) -> dotted config overrides of this space."""
     by_field = {p.field: p for p in space.params}
     return {**space.base, **{name: by_field[name].value(value) for name, value in point.items()}}
-
-
-def search_tags(space: str, searcher: str, repeat: int, index: int, point: dict[str, Any]) -> dict[str, str]:
-    return {
-        "wmhp.space": space,
-        "wmhp.searcher": searcher,
-        "wmhp.repeat": str(repeat),
-        "wmhp.search_index": str(index),
-        "wmhp.search_point": json.dumps(point, sort_keys=True),
-    }
 
 
 def sample_pool(space: Space, size: int, seed: int) -> list[dict[str, Any]]:

@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 from bnn.config import to_dict
 from pipeline.grids import Cell, Grid, make_cell
+from pipeline.options import LaunchOptions
 from pipeline.search import (
-    Param,
     Space,
     parse_search,
     point_overrides,
@@ -29,6 +29,8 @@ from pipeline.search import (
     search_tags,
     tpe_seed,
 )
+from pipeline.trial import TrialCell, cell_payload
+from wmhp.contract import TAG_REPEAT, TAG_SEARCH_POINT, TAG_SEARCHER, TAG_SPACE
 
 POINT = "point"  # trial config key of the sampled values; Optuna names them "point/<field>"
 JOB = "job"  # trial config key: which (space, repeat) proposed the trial
@@ -54,17 +56,19 @@ class TpeJob:
     def remaining(self) -> int:
         return max(0, self.trials - len(self.points))
 
-    def payload(self) -> dict[str, Any]:
-        """What a trial needs to rebuild its cell from its sampled point (plain JSON)."""
-        return {
-            "grid": self.grid,
-            "experiment": self.experiment,
-            "space": self.space.name,
-            "repeat": self.repeat,
-            "base": self.base,
-            "space_base": self.space.base,
-            "params": [[p.field, p.kind, list(p.args), p.complement] for p in self.space.params],
-        }
+    def payload(self) -> SearchJob:
+        return SearchJob(self.grid, self.experiment, self.space, self.repeat, self.base)
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """What a TPE trial needs to rebuild its cell from its sampled point (Tune pickles it to the worker)."""
+
+    grid: str
+    experiment: str
+    space: Space
+    repeat: int
+    base: dict[str, Any]  # the grid's flat base config at the preset
 
 
 def tpe_jobs(grid: Grid, preset: str, overrides: dict[str, Any] | None,
@@ -91,24 +95,26 @@ def finished_tpe(tracker: Any, experiment_ids: dict[str, str], metrics: dict[str
     for grid, eid in experiment_ids.items():
         if grid not in metrics:
             continue
-        runs = tracker._search([eid], "attributes.status = 'FINISHED' and tags.`wmhp.searcher` = 'tpe'")
+        runs = tracker.search([eid], f"attributes.status = 'FINISHED' and tags.`{TAG_SEARCHER}` = 'tpe'")
         for run in sorted(runs, key=lambda r: r.info.start_time or 0):
             tags = run.data.tags
             score = run.data.metrics.get(metrics[grid], math.nan)
-            key = (grid, tags.get("wmhp.space", ""), int(tags.get("wmhp.repeat", "0")))
-            out.setdefault(key, []).append((json.loads(tags.get("wmhp.search_point", "{}")), score))
+            key = (grid, tags.get(TAG_SPACE, ""), int(tags.get(TAG_REPEAT, "0")))
+            out.setdefault(key, []).append((json.loads(tags.get(TAG_SEARCH_POINT, "{}")), score))
     return out
 
 
-def trial_cell(payload: dict[str, Any], point: dict[str, Any], index: int = 0) -> Cell:
+def trial_cell(job: SearchJob, point: dict[str, Any], index: int = 0) -> Cell:
     """The cell of one TPE trial; the driver and the worker both call this, so both get the same hash."""
-    params = tuple(Param(f, kind, tuple(args), complement) for f, kind, args, complement in payload["params"])
-    space = Space(payload["space"], payload["space_base"], params)
-    grid = Grid(Path(payload["grid"]), payload["grid"], payload["experiment"], "", {}, {})
-    label = {"space": space.name, "searcher": "tpe", "repeat": payload["repeat"], "index": index}
-    tags = search_tags(space.name, "tpe", payload["repeat"], index, point)
-    return make_cell(grid, {**payload["base"], **point_overrides(space, point)}, label, payload["grid"],
+    grid = Grid(Path(job.grid), job.grid, job.experiment, "", {}, {})
+    label = {"space": job.space.name, "searcher": "tpe", "repeat": job.repeat, "index": index}
+    tags = search_tags(job.space.name, "tpe", job.repeat, index, point)
+    return make_cell(grid, {**job.base, **point_overrides(job.space, point)}, label, job.grid,
                      check_paths=False, tags=tags)
+
+
+def _trial_payload(cell: Cell) -> TrialCell:
+    return cell_payload(cell.hash, [cell.grid], to_dict(cell.config))
 
 
 def run_search_trial(config: dict[str, Any]) -> None:
@@ -116,12 +122,11 @@ def run_search_trial(config: dict[str, Any]) -> None:
     from pipeline.trial import run_trial
 
     cell = trial_cell(config["jobs"][config[JOB]], dict(config[POINT]))
-    run_trial({"cell": {"hash": cell.hash, "config": to_dict(cell.config), "resume": None},
-               "options": config["options"]})
+    run_trial({"cell": _trial_payload(cell), "options": config["options"]})
 
 
-def run_tpe(jobs: list[TpeJob], writer: Any, summary: Any, experiment_ids: dict[str, str], options: dict[str, Any],
-            resources: dict[str, float], max_concurrent: int, max_failures: int, out: TextIO) -> None:
+def run_tpe(jobs: list[TpeJob], writer: Any, summary: Any, experiment_ids: dict[str, str], options: LaunchOptions,
+            slots: int, out: TextIO) -> None:
     """Run the missing trials of every job in one Tune experiment (one start-up of the trial actors).
 
     Each job keeps its own seeded OptunaSearch; a thin Searcher hands each new trial to the job with the fewest
@@ -141,7 +146,7 @@ def run_tpe(jobs: list[TpeJob], writer: Any, summary: Any, experiment_ids: dict[
     total = sum(job.remaining for job in active)
     targets: dict[str, list[Cell]] = {}
     logger = MlflowLogger(writer, summary.preset, targets, experiment_ids, {})
-    progress = Progress({}, {}, max_concurrent, out)
+    progress = Progress({}, {}, slots, out)
     progress.total = total
     payloads = [job.payload() for job in active]
     namer = _cell_namer(active, payloads, targets, progress)
@@ -149,17 +154,17 @@ def run_tpe(jobs: list[TpeJob], writer: Any, summary: Any, experiment_ids: dict[
         print(f"wmhp ablate: {job.grid} TPE space {job.space.name} repeat {job.repeat}: "
               f"{len(job.points)} done before, {job.remaining} to run", file=out, flush=True)
     tuner = tune.Tuner(
-        tune.with_resources(run_search_trial, resources),
-        param_space={"jobs": payloads, "options": options},
+        tune.with_resources(run_search_trial, options.resources),
+        param_space={"jobs": payloads, "options": options.trial_options()},
         tune_config=tune.TuneConfig(search_alg=_multiplexer(active), num_samples=total,
-                                    max_concurrent_trials=max_concurrent, reuse_actors=True,
+                                    max_concurrent_trials=slots, reuse_actors=True,
                                     trial_dirname_creator=lambda t: f"tpe-{t.trial_id}"),
         run_config=tune.RunConfig(
             name=f"tpe-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=summary.storage,
             verbose=0,
             callbacks=[namer, logger, progress],
-            failure_config=tune.FailureConfig(max_failures=max_failures),
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
@@ -230,7 +235,7 @@ def _multiplexer(jobs: list[TpeJob]) -> Any:
     return Multiplexer()
 
 
-def _cell_namer(jobs: list[TpeJob], payloads: list[dict[str, Any]], targets: dict[str, list[Cell]],
+def _cell_namer(jobs: list[TpeJob], payloads: list[SearchJob], targets: dict[str, list[Cell]],
                 progress: Any) -> Any:
     """A callback naming a TPE trial's cell (config hash, tags) when it starts, before the logger needs it."""
     from ray import tune
@@ -245,7 +250,7 @@ def _cell_namer(jobs: list[TpeJob], payloads: list[dict[str, Any]], targets: dic
             cell = trial_cell(payloads[index], dict(trial.config[POINT]), counters[index])
             counters[index] += 1
             cell.label["job"] = index
-            trial.config["cell"] = {"hash": cell.hash, "config": to_dict(cell.config), "resume": None}
+            trial.config["cell"] = _trial_payload(cell)
             targets[cell.hash] = [cell]
             progress.estimates[cell.hash] = 0.0
             progress.epochs[cell.hash] = cell.config.epochs

@@ -1,17 +1,13 @@
 """Driver-side MLflow bookkeeping: experiments, runs, dedup by config hash, adoption of finished cells.
 
-Only the driver writes (one writer, which keeps the default sqlite store safe). The layout is the contract
-read by ``analysis`` (design.md): one experiment ``wmhp/<grid>`` per grid, one run per cell named
-``<grid>-<config_hash>``, tags ``wmhp.experiment``, ``wmhp.grid``, ``wmhp.preset``, ``wmhp.config_hash``,
-``wmhp.code_version``, every flattened config field as a param, every per-epoch metric with step = epoch, and
-artifacts ``config.yaml``, ``curves.csv`` and ``state.pt`` (when under 50 MB).
+Only the driver writes (one writer, which keeps the default sqlite store safe). The layout it writes is the
+stored-results contract that ``analysis`` reads, written down in wmhp.contract.
 """
 
 from __future__ import annotations
 
-import csv
+import json
 import logging
-import math
 import os
 import shutil
 import subprocess
@@ -19,20 +15,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from bnn.config import flatten, to_dict
+from bnn.config import DataConfig, TrainConfig, config_hash, flatten, from_params, neutral_fields, to_dict
+from bnn.data.splits import DEFAULT_SOURCES, split_digest, split_sizes
 from pipeline.grids import Cell
+from wmhp import contract
 
-EXPERIMENT_PREFIX = "wmhp/"
-MAX_STATE_ARTIFACT_BYTES = 50 * 2**20
-STATE_FILE = "state.pt"
-FIRST_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "flip_ratio")
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
-
-
-def default_tracking_uri(results_dir: Path) -> str:
-    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
 def is_server(uri: str) -> bool:
@@ -111,25 +101,24 @@ def code_version() -> str:
     return text
 
 
-def curve_columns(history: Iterable[dict[str, float]]) -> list[str]:
-    keys = {key for row in history for key in row}
-    return [c for c in FIRST_COLUMNS if c in keys] + sorted(keys - set(FIRST_COLUMNS))
+def dataset_input(data: DataConfig) -> Any:
+    """The run's dataset as an MLflow run input (the UI's Datasets column): name, digest of the split, where
+    it was read from, and the split sizes as its profile."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    source = data.root or DEFAULT_SOURCES.get(data.name, f"{data.name} default location")
+    sizes = split_sizes(data)
+    profile = {**(sizes or {}), "val_fraction": data.val_fraction, "train_subset": data.train_subset}
+    dataset = Dataset(name=data.name, digest=split_digest(data), source_type="local",
+                      source=json.dumps({"uri": source}), profile=json.dumps(profile))  # fmt: skip
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train")])
 
 
-def write_curves(history: list[dict[str, float]], path: Path) -> None:
-    """One row per finished epoch, columns ``epoch`` + every metric; NaN written as ``nan``."""
-    columns = curve_columns(history)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for row in sorted(history, key=lambda r: r["epoch"]):
-            writer.writerow([_csv_value(row.get(c, math.nan)) for c in columns])
-
-
-def _csv_value(value: float) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(value)
+def _neutral_set(params: dict[str, str]) -> bool:
+    """Whether a stored run's params set a result-neutral field away from its default."""
+    defaults = flatten(TrainConfig())
+    return any(params.get(name, "None") != str(defaults[name]) for name in neutral_fields())
 
 
 @dataclass(frozen=True)
@@ -152,84 +141,84 @@ class Tracker:
         self.results_dir = Path(results_dir).resolve()
         self.client = MlflowClient(tracking_uri=uri)
         self.code_version = code_version()
+        self._names: dict[str, dict[str, str]] = {}  # experiment id -> run name -> config hash, as loaded/created
 
     # --- experiments ---------------------------------------------------------------------------------------
     def ensure_experiment(self, grid: str) -> str:
-        """The id of ``wmhp/<grid>``, created (or restored from deletion) with an explicit artifact location."""
-        name = EXPERIMENT_PREFIX + grid
+        """The id of the grid's experiment, created (or restored from deletion) with an explicit artifact location."""
+        name = contract.experiment_name(grid)
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
-            location = None if is_server(self.uri) else str(self.results_dir / "artifacts" / grid)
-            return self.client.create_experiment(name, artifact_location=location)
+            location = None if is_server(self.uri) else contract.artifact_location(self.results_dir, grid)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={contract.EXPERIMENT_KIND_TAG: contract.MODEL_TRAINING_KIND})
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
+        if experiment.tags.get(contract.EXPERIMENT_KIND_TAG) != contract.MODEL_TRAINING_KIND:  # made before the tag was set
+            self.client.set_experiment_tag(experiment.experiment_id, contract.EXPERIMENT_KIND_TAG,
+                                           contract.MODEL_TRAINING_KIND)
         return experiment.experiment_id
 
     def wmhp_experiments(self) -> dict[str, str]:
-        """experiment id -> grid name, for every live ``wmhp/*`` experiment."""
-        out: dict[str, str] = {}
-        token = None
-        while True:
-            page = self.client.search_experiments(
-                filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'", max_results=1000, page_token=token
-            )
-            out.update({e.experiment_id: e.name[len(EXPERIMENT_PREFIX) :] for e in page})
-            token = page.token
-            if not token:
-                return out
+        """experiment id -> grid name, for every live wmhp experiment."""
+        return contract.wmhp_experiments(self.client)
 
-    def _search(self, experiment_ids: list[str], filter_string: str) -> list[Any]:
-        runs: list[Any] = []
-        if not experiment_ids:
-            return runs
-        token = None
-        while True:
-            page = self.client.search_runs(experiment_ids, filter_string, max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+    def search(self, experiment_ids: list[str], filter_string: str) -> list[Any]:
+        return list(contract.search_runs(self.client, experiment_ids, filter_string))
 
     def finished_by_hash(self) -> dict[str, list[FinishedRun]]:
         """Every FINISHED run of any wmhp experiment, grouped by config hash: the dedup index."""
         experiments = self.wmhp_experiments()
         out: dict[str, list[FinishedRun]] = {}
-        for run in self._search(list(experiments), "attributes.status = 'FINISHED'"):
-            digest = run.data.tags.get("wmhp.config_hash")
+        for run in self.search(list(experiments), "attributes.status = 'FINISHED'"):
+            digest = run.data.tags.get(contract.TAG_CONFIG_HASH)
             if digest:
                 grid = experiments.get(run.info.experiment_id, "")
-                out.setdefault(digest, []).append(FinishedRun(run.info.run_id, run.info.experiment_id, grid, digest))
+                # Also under the hash its params give now: a run stored before result-neutral fields were hashed
+                # at their defaults (data.root set, say) still counts as done for its cell. Only such runs are
+                # re-hashed (about 10 ms each); for the others both hashes agree.
+                config = from_params(run.data.params) if _neutral_set(run.data.params) else None
+                for key in dict.fromkeys([digest, config_hash(config) if config is not None else digest]):
+                    out.setdefault(key, []).append(FinishedRun(run.info.run_id, run.info.experiment_id, grid, key))
         return out
 
     def mark_stale_running(self, experiment_id: str) -> int:
         """Runs left RUNNING by a killed driver -> KILLED. Safe because the caller holds the launch lock."""
-        stale = self._search([experiment_id], "attributes.status = 'RUNNING'")
+        stale = self.search([experiment_id], "attributes.status = 'RUNNING'")
         for run in stale:
-            self.client.set_tag(run.info.run_id, "wmhp.error", "driver died while this run was in progress")
+            self.client.set_tag(run.info.run_id, contract.TAG_ERROR, "driver died while this run was in progress")
             self.client.set_terminated(run.info.run_id, "KILLED")
         return len(stale)
 
     # --- runs ------------------------------------------------------------------------------------------------
+    def _name(self, experiment_id: str, cell: Cell) -> str:
+        """The cell's run name, with a short hash where another cell of the experiment already has that name
+        (same swept values, different elsewhere: another preset, a --set override)."""
+        names = self._names.get(experiment_id)
+        if names is None:
+            names = self._names[experiment_id] = {}
+            for run in self.search([experiment_id], ""):
+                names.setdefault(run.info.run_name, run.data.tags.get(contract.TAG_CONFIG_HASH, ""))
+        name = cell.run_name
+        if names.setdefault(name, cell.hash) != cell.hash:
+            name = contract.with_hash(name, cell.hash)
+            names[name] = cell.hash
+        return name
+
     def start_run(self, experiment_id: str, cell: Cell, preset: str) -> str:
         """A RUNNING run with the contract's tags, every config field as a param, and config.yaml."""
         import yaml
         from mlflow.entities import Param
 
-        tags = {
-            "wmhp.experiment": cell.experiment,
-            "wmhp.grid": cell.grid,
-            "wmhp.preset": preset,
-            "wmhp.config_hash": cell.hash,
-            "wmhp.code_version": self.code_version,
-            **cell.tags,
-        }
-        run = self.client.create_run(experiment_id, tags=tags, run_name=cell.run_name)
+        tags = {**contract.run_tags(cell.experiment, cell.grid, preset, cell.hash, self.code_version), **cell.tags}
+        run = self.client.create_run(experiment_id, tags=tags, run_name=self._name(experiment_id, cell))
         run_id = run.info.run_id
         params = [Param(name, "None" if value is None else str(value)) for name, value in flatten(cell.config).items()]
         for start in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[start : start + 100])
+        self.client.log_inputs(run_id, datasets=[dataset_input(cell.config.data)])
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "config.yaml"
+            path = Path(tmp) / contract.CONFIG_FILE
             path.write_text(yaml.safe_dump(to_dict(cell.config), sort_keys=False))
             self.client.log_artifact(run_id, str(path))
         return run_id
@@ -253,41 +242,43 @@ class Tracker:
         state_file: Path | None = None,
         error: str | None = None,
     ) -> None:
-        """curves.csv (and state.pt when small), then the terminal status."""
+        """The curves file (and the training state when small), then the terminal status."""
         with tempfile.TemporaryDirectory() as tmp:
             if history:
-                curves = Path(tmp) / "curves.csv"
-                write_curves(history, curves)
+                curves = Path(tmp) / contract.CURVES_FILE
+                contract.write_curves(history, curves)
                 self.client.log_artifact(run_id, str(curves))
-            if state_file is not None and state_file.stat().st_size < MAX_STATE_ARTIFACT_BYTES:
+            if state_file is not None and state_file.stat().st_size < contract.MAX_STATE_ARTIFACT_BYTES:
                 self.client.log_artifact(run_id, str(state_file))
         if error:
-            self.client.set_tag(run_id, "wmhp.error", error[-5000:])
+            self.client.set_tag(run_id, contract.TAG_ERROR, error[-5000:])
         self.client.set_terminated(run_id, status)
 
     def adopt(self, source: FinishedRun, experiment_id: str, cell: Cell, preset: str) -> str:
         """Copy a cell finished in another grid's experiment into this grid's, instead of running it again.
 
         Params, metric histories and artifacts are copied; tags name this grid and preset and point at the
-        source run (``wmhp.adopted_from``), so each grid's experiment is complete on its own.
+        source run (contract.TAG_ADOPTED_FROM), so each grid's experiment is complete on its own.
         """
         from mlflow.entities import Metric, Param
 
         original = self.client.get_run(source.run_id)
-        tags = {k: v for k, v in original.data.tags.items() if k.startswith("wmhp.")}
+        tags = {k: v for k, v in original.data.tags.items() if k.startswith(contract.TAG_PREFIX)}
         tags.update({
-            "wmhp.experiment": cell.experiment,
-            "wmhp.grid": cell.grid,
-            "wmhp.preset": preset,
-            "wmhp.adopted_from": source.run_id,
-            "wmhp.adopted_from_grid": source.grid,
+            contract.TAG_EXPERIMENT: cell.experiment,
+            contract.TAG_GRID: cell.grid,
+            contract.TAG_PRESET: preset,
+            contract.TAG_CONFIG_HASH: cell.hash,  # the source may carry the hash of an earlier scheme
+            contract.TAG_ADOPTED_FROM: source.run_id,
+            contract.TAG_ADOPTED_FROM_GRID: source.grid,
         })
         run = self.client.create_run(experiment_id, start_time=original.info.start_time, tags=tags,
-                                     run_name=cell.run_name)
+                                     run_name=self._name(experiment_id, cell))
         run_id = run.info.run_id
         params = [Param(k, v) for k, v in original.data.params.items()]
         for start in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[start : start + 100])
+        self.client.log_inputs(run_id, datasets=[dataset_input(cell.config.data)])
         metrics: list[Metric] = []
         for key in original.data.metrics:
             metrics.extend(self.client.get_metric_history(source.run_id, key))

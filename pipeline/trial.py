@@ -1,6 +1,6 @@
 """The Tune trainable (one cell = one trial) and the checkpoints it leaves in Tune storage.
 
-A trial trains in a local working directory that holds bnn.train's ``state.pt`` plus ``history.json`` (every
+A trial trains in a local working directory that holds bnn.train's STATE_FILE plus HISTORY_FILE (every
 epoch's metrics so far, and the size of the state file it belongs with). After each epoch the directory is
 reported as a ``tune.Checkpoint``, which Tune copies to ``<storage>/<launch>/cell-<config_hash>/``. A retried
 trial restarts from ``tune.get_checkpoint()``; a cell whose driver was killed restarts, in the next launch, from
@@ -22,10 +22,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-HISTORY_FILE = "history.json"
-STATE_FILE = "state.pt"
+from wmhp.contract import HISTORY_FILE, STATE_FILE
+
 CELL_DIR_PREFIX = "cell-"
 FAULT_ENV = "WMHP_FAULT_ONCE"
 FAULT_KILL_ENV = "WMHP_FAULT_KILL"
@@ -59,6 +59,48 @@ class Resumable:
     @property
     def epochs(self) -> int:
         return len(self.history)
+
+    @property
+    def checkpoint(self) -> StoredCheckpoint:
+        return stored_checkpoint(self.storage, self.path, self.older)
+
+
+# The trial payload is plain data on purpose: Tune swaps every non-primitive value of a param_space (a dataclass,
+# say) for a placeholder tuple that it resolves only once the trial is queued, after trial_name_creator and
+# trial_dirname_creator have read the config. TypedDicts keep it checkable and still plain dicts at run time.
+class StoredCheckpoint(TypedDict):
+    """A checkpoint directory on Tune storage: where a trial resumes (with fallbacks) or starts step 2 from."""
+
+    storage: str
+    path: str  # on storage_filesystem(storage)
+    older: list[str]  # fallbacks, most epochs first
+
+
+class TrialCell(TypedDict):
+    """The payload of one trial: which cell it trains and where it starts from."""
+
+    hash: str
+    grids: list[str]  # the grids whose runs it is logged to (several when grids of one launch share it)
+    config: dict[str, Any]  # bnn.config.to_dict of the resolved config: the worker re-resolves and checks the hash
+    resume: StoredCheckpoint | None  # the newest checkpoint an earlier launch left for this hash
+    init: StoredCheckpoint | None  # stage step2: the finished step-1 run's checkpoint
+
+
+class TrialOptions(TypedDict):
+    """Per-launch settings every trial gets."""
+
+    threads: int  # torch threads: the trial's CPUs
+    fault_once: str | None  # test hook, see the module docstring
+    fault_kill: bool
+
+
+def cell_payload(digest: str, grids: list[str], config: dict[str, Any], resume: StoredCheckpoint | None = None,
+               init: StoredCheckpoint | None = None) -> TrialCell:
+    return {"hash": digest, "grids": grids, "config": config, "resume": resume, "init": init}
+
+
+def stored_checkpoint(storage: str, path: str, older: tuple[str, ...] | list[str] = ()) -> StoredCheckpoint:
+    return {"storage": storage, "path": path, "older": list(older)}
 
 
 def find_resumable(storage: str, hashes: set[str]) -> dict[str, Resumable]:
@@ -114,15 +156,15 @@ def _complete_history(fs: Any, path: str) -> list[dict[str, float]] | None:
     return history if epochs and epochs == list(range(1, len(epochs) + 1)) else None
 
 
-def copy_checkpoint(resumable: dict[str, str], destination: Path) -> None:
+def copy_checkpoint(source: StoredCheckpoint, destination: Path) -> None:
     import pyarrow.fs
 
-    fs, _ = storage_filesystem(resumable["storage"])
-    pyarrow.fs.copy_files(resumable["path"], str(destination), source_filesystem=fs,
+    fs, _ = storage_filesystem(source["storage"])
+    pyarrow.fs.copy_files(source["path"], str(destination), source_filesystem=fs,
                           destination_filesystem=pyarrow.fs.LocalFileSystem())
 
 
-def restore_checkpoint(cell: dict[str, Any], work: Path) -> None:
+def restore_checkpoint(cell: TrialCell, work: Path) -> None:
     """Fill ``work`` with the newest checkpoint of this cell that loads safely, or leave it empty (a fresh start).
 
     Tried in order: the checkpoint Tune hands a retried trial, then the earlier launches' checkpoints from
@@ -138,10 +180,10 @@ def restore_checkpoint(cell: dict[str, Any], work: Path) -> None:
     restored = tune.get_checkpoint()
     if restored is not None:
         sources.append((restored.filesystem, restored.path))
-    resume = cell.get("resume")
-    if resume:
+    resume = cell["resume"]
+    if resume is not None:
         fs, _ = storage_filesystem(resume["storage"])
-        sources += [(fs, path) for path in [resume["path"], *resume.get("older", [])]]
+        sources += [(fs, path) for path in [resume["path"], *resume["older"]]]
     for fs, path in sources:
         _empty(work)
         try:
@@ -224,8 +266,7 @@ def maybe_fault(spec: tuple[str, int] | None, digest: str, epoch: int, kill: boo
 
 # --- the trainable ---------------------------------------------------------------------------------------
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable. ``config``: {"cell": {hash, config, resume, init}, "options": {threads,
-    fault_once}}; ``init`` (stage step2): where the finished step-1 run's checkpoint lies, like ``resume``."""
+    """Tune function trainable. ``config``: {"cell": TrialCell, "options": TrialOptions}."""
     import torch
     from ray import tune
 
@@ -233,7 +274,8 @@ def run_trial(config: dict[str, Any]) -> None:
     from bnn.train import train
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint otherwise
-    cell, options = config["cell"], config["options"]
+    cell: TrialCell = config["cell"]
+    options: TrialOptions = config["options"]
     torch.set_num_threads(options["threads"])
     train_config = resolve(from_dict(cell["config"]))
     if config_hash(train_config) != cell["hash"]:
@@ -241,14 +283,14 @@ def run_trial(config: dict[str, Any]) -> None:
             f"cell {cell['hash']}: this worker resolves the config to {config_hash(train_config)}; "
             "the driver and the workers run different wmhp versions"
         )
-    fault = parse_fault_spec(options.get("fault_once"))
+    fault = parse_fault_spec(options["fault_once"])
     work = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-"))
     try:
         restore_checkpoint(cell, work)
         history = read_history(work)
         restored = {RESTORED_KEY: json.dumps(history)}  # the driver backfills the run from what was loaded
         init_from = None
-        if cell.get("init") and not (work / STATE_FILE).exists():
+        if cell["init"] is not None and not (work / STATE_FILE).exists():
             step1 = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-step1-", dir=work.parent))
             copy_checkpoint(cell["init"], step1)
             init_from = step1 / STATE_FILE
@@ -259,7 +301,7 @@ def run_trial(config: dict[str, Any]) -> None:
             result = {"wmhp": metrics, **restored}
             restored.clear()
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
-            maybe_fault(fault, cell["hash"], int(metrics["epoch"]), kill=bool(options.get("fault_kill")))
+            maybe_fault(fault, cell["hash"], int(metrics["epoch"]), kill=options["fault_kill"])
 
         train(train_config, report=report, checkpoint_dir=work, init_from=init_from)
     finally:

@@ -1,7 +1,8 @@
 """analysis: MLflow runs in the pipeline's exact form -> parquet -> figures, tables and REPORT.md.
 
-The runs are logged through the real MLflow client into a real sqlite store (analysis.synthetic: real configs,
-params, tags, statuses, curves.csv artifacts; made-up numbers). Every number the report states is recomputed
+The runs are logged by the pipeline's own Tracker into a real sqlite store (benchmarks.synthetic: real configs,
+params, tags, statuses, curves.csv artifacts; made-up numbers), so a change to what the pipeline stores that
+analysis does not follow fails here. Every number the report states is recomputed
 here from the parquet files with code independent of analysis/.
 """
 
@@ -20,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis import collect, make_figures, synthetic
+from analysis import collect, make_figures
+from benchmarks import synthetic
 from analysis.cli import collect_main, figures_main
 from analysis.schema import arrow_type, runs_schema
 from bnn.config import config_hash, field_names, field_type, from_flat
@@ -86,6 +88,11 @@ def test_one_row_per_run_with_status_kept(results, mlflow_runs):
         assert row.config_hash == run.data.tags["wmhp.config_hash"]
         assert row.grid == run.data.tags["wmhp.grid"] and row.experiment == run.data.tags["wmhp.experiment"]
     assert set(runs["status"]) == {"FINISHED", "FAILED", "KILLED", "RUNNING"}
+    # Run names say the cell; a killed run and the rerun of its cell share one.
+    killed = runs[runs["status"] == "KILLED"].iloc[0]
+    rerun = runs[(runs["config_hash"] == killed["config_hash"]) & (runs["status"] == "FINISHED")]
+    assert rerun["run_name"].tolist() == [killed["run_name"]]
+    assert re.fullmatch(r"e2 binary_opt=sgd lr=\S+ weight_decay=\S+ seed=\d+", killed["run_name"])
 
 
 def test_config_columns_are_typed_and_round_trip_to_the_config_hash(results):

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import collect, synthetic
+from analysis import collect
+from benchmarks import synthetic
 
 pytestmark = pytest.mark.slow
 

@@ -94,3 +94,92 @@ def test_load_yaml_with_overrides(tmp_path):
         load_yaml(path)
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("epochs")
+
+
+# --- identity: result-neutral fields ---------------------------------------------------------------------------
+def _another_value(name: str, value):
+    """A valid value of field ``name`` other than ``value``."""
+    from typing import Literal, get_args, get_origin
+
+    from bnn.config import field_type
+
+    tp = field_type(name)
+    choices = [a for a in get_args(tp) if a is not type(None)] if get_origin(tp) is not Literal else list(get_args(tp))
+    if get_origin(tp) is Literal:
+        return next(c for c in choices if c != value)
+    special = {"model.hidden": (64, 32), "data.val_fraction": 0.2, "data.train_subset": 100, "seed": 7,
+               "binary_opt.alpha": 0.25, "binary_opt.gamma": 0.5, "schedule.step_factor": 0.5,
+               "model.teacher_path": "/teacher.pt", "data.root": "/elsewhere"}
+    if name in special:
+        return special[name]
+    if tp is bool:
+        return not value
+    return value + 1 if tp is int else value * 0.5 if value else 0.5
+
+
+# The base each field is changed from: stage and state_init need an optimizer they apply to.
+_BASE_FOR = {"stage": {"binary_opt.name": "sgd"}, "model.scaling": {"binary_opt.name": "sgd"}}
+
+
+def test_neutral_fields_leave_the_hash_unchanged_and_every_other_field_changes_it():
+    from bnn.config import neutral_fields
+
+    neutral = neutral_fields()
+    assert {"data.root", "data.num_workers", "data.download", "device", "eval_batch_size"} <= set(neutral)
+    assert not {"seed", "dtype", "binary_opt.lr", "model.name"} & set(neutral)
+    for name in field_names():
+        base_flat = dict(_BASE_FOR.get(name, {}))
+        if name.startswith("binary_opt.") and name.split(".")[1] in ("alpha", "gamma"):
+            base_flat = {"binary_opt.alpha": 0.1, "binary_opt.gamma": 0.1}
+        base = from_flat(base_flat)
+        before = flatten(base)[name]
+        changed = from_flat({**base_flat, name: _another_value(name, before)})
+        same = config_hash(changed) == config_hash(base)
+        if name == "model.teacher_path" or neutral.get(name) is not True:
+            assert not same, f"{name}: changing it should change config_hash"
+        else:
+            assert same, f"{name}: result-neutral, so config_hash should ignore it"
+    # "presence": which path holds the teacher does not matter, whether there is one does.
+    teacher = from_flat({"model.teacher_path": "/a.pt"})
+    assert config_hash(teacher) == config_hash(from_flat({"model.teacher_path": "/b.pt"}))
+
+
+def test_hashes_of_stored_runs_with_default_neutral_fields_are_unchanged():
+    """Neutral fields hash at their defaults, so every stored cpu/smoke run keeps its config_hash (values computed
+    before the fields were marked)."""
+    assert config_hash(TrainConfig()) == "c0536213d8dcd715"
+    cell = {"binary_opt.name": "sgd", "binary_opt.weight_decay": 0.2, "data.name": "fashion-mnist", "init.scale": 10.0}
+    assert config_hash(from_flat(cell)) == "ecde6f9f19f06853"
+
+
+# --- cross-field rules live in resolve -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "flat, first, second",
+    [
+        ({"model.scaling": True, "binary_opt.name": "filter"}, "model.scaling", "binary_opt.name"),
+        ({"model.scaling": True, "binary_opt.name": "bop"}, "model.scaling", "binary_opt.name"),
+        ({"model.name": "reactnet_a", "data.name": "digits"}, "model.name", "data.name"),
+        ({"stage": "step1", "binary_opt.name": "filter"}, "stage", "binary_opt.name"),
+        ({"binary_opt.state_init": "latent", "binary_opt.name": "sgd"}, "binary_opt.state_init", "binary_opt.name"),
+        # within digits' 1437 training examples, but not once data.val_fraction's 144 are held out
+        ({"data.train_subset": 1300, "data.name": "digits"}, "data.train_subset", "data.val_fraction"),
+    ],
+)
+def test_cross_field_conflicts_are_refused_by_resolve_naming_both_fields(flat, first, second):
+    with pytest.raises(ConfigError) as info:
+        resolve(from_flat(flat))
+    message = str(info.value)
+    assert message.startswith(first) and second in message and "\n" not in message
+    resolve(from_flat({**flat, "binary_opt.name": "sgd", "data.name": "cifar10", "stage": "single",
+                       "binary_opt.state_init": "zero"}))  # the same fields, compatible: accepted
+
+
+def test_a_stored_runs_params_read_back_into_its_config():
+    from bnn.config import from_params
+
+    config = resolve(from_flat({"data.root": "/d", "model.hidden": [64, 32], "binary_opt.name": "bop",
+                                "model.teacher_path": "/t.pt", "data.name": "cifar10", "model.name": "resnet20"}))
+    params = {name: "None" if v is None else str(v) for name, v in flatten(config).items()}
+    assert from_params(params) == config
+    del params["seed"]  # a run older than a field: its config cannot be known
+    assert from_params(params) is None

@@ -251,3 +251,22 @@ def test_validating_every_grid_leaves_torch_unimported():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_cross_field_conflict_is_refused_at_validation_naming_both_fields(tmp_path: Path, capsys, dry_run) -> None:
+    """Scaling needs latent weights: a grid pairing it with the filter fails validation (dry run and launch), not
+    in every trial."""
+    grid = broken_file(tmp_path, "base: {model.scaling: true}\naxes: {binary_opt.name: [sgd, filter]}\n"
+                                 "presets: {smoke: {}}")
+    argv = [str(grid), "--preset", "smoke", "--results-dir", str(tmp_path / "r")] + (["--dry-run"] if dry_run else [])
+    assert ablate_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.scaling" in err and "binary_opt.name is 'filter'" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_report_experiments_name_is_not_a_grid_name(tmp_path: Path, capsys) -> None:
+    grid = write_grid(tmp_path, "name: report\nexperiment: e0\npresets: {smoke: {}}")
+    assert ablate_main([str(grid), "--preset", "smoke", "--results-dir", str(tmp_path / "r"), "--dry-run"]) == 2
+    assert "name: 'report' is reserved" in capsys.readouterr().err

@@ -275,7 +275,7 @@ mlflow = pytest.importorskip("mlflow")
 def test_pipeline_skips_planted_and_corrupt_checkpoints(tmp_path: Path) -> None:
     """Earlier launches' checkpoints on storage: a payload pickle (cell a) and a garbage newest checkpoint with a
     good older one (cell b). The launch resumes b from the good one, a from scratch; nothing runs the payload."""
-    from pipeline import run_grids
+    from pipeline import LaunchOptions, run_grids
     from pipeline.grids import expand, load_grid
     from pipeline.trial import HISTORY_FILE, write_history
 
@@ -303,7 +303,7 @@ def test_pipeline_skips_planted_and_corrupt_checkpoints(tmp_path: Path) -> None:
     (bad / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 cut short by a full disk")
     write_history(bad, good_rows + [{**good_rows[0], "epoch": 2.0}])
 
-    summary = run_grids([str(grid)], "smoke", results, num_cpus=2, out=io.StringIO())
+    summary = run_grids([str(grid)], "smoke", results, LaunchOptions(num_cpus=2), out=io.StringIO())
     assert summary.ok and summary.total("resumed") == 2
     assert not marker.exists(), "the planted checkpoint's payload ran"
     assert len(list(planted.glob(f"{CHECKPOINT_FILE}.corrupt-*"))) == 1
@@ -422,10 +422,11 @@ def test_second_launch_on_one_server_refuses_and_a_stale_lease_is_taken_over(tmp
 
 def test_a_trial_no_node_can_hold_is_refused_naming_the_nodes() -> None:
     """The shape ray.nodes() returns; Tune would otherwise wait for ever for such a node."""
-    from pipeline.runner import LaunchError, _check_fits
+    from pipeline.launch import check_fits
+    from pipeline.runner import LaunchError
 
     nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
              {"Alive": False, "Resources": {"CPU": 64.0}}]
-    _check_fits(nodes, 8, 1)
+    check_fits(nodes, 8, 1)
     with pytest.raises(LaunchError, match=r"--cpus-per-trial 64 .*nodes: 2 CPU, 0 GPU; 8 CPU, 1 GPU\)"):
-        _check_fits(nodes, 64, 0)
+        check_fits(nodes, 64, 0)

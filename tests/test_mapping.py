@@ -151,3 +151,22 @@ def test_no_real_poles_boundary_is_exact():
     assert math.isclose(alpha, gamma, rel_tol=1e-6) and math.isclose(alpha, 1 - math.sqrt(momentum), rel_tol=1e-6)
     with pytest.raises(ValueError, match="no real poles"):
         latent_to_filter(1.0, bound * (1 + 1e-9), momentum)
+
+
+def test_filter_reading_of_each_binary_optimizer():
+    """One reading for bnn.train's per-epoch alpha (``rate``: the scheduled step) and for analysis' runs.parquet."""
+    from bnn.config import BinaryOptConfig
+    from bnn.mapping import filter_reading
+
+    sgd = BinaryOptConfig(name="sgd", lr=0.1, weight_decay=5e-4, momentum=0.9)
+    assert filter_reading(sgd) == latent_to_filter(0.1, 5e-4, 0.9)
+    assert filter_reading(sgd, rate=0.05) == latent_to_filter(0.05, 5e-4, 0.9)  # a scheduled step
+    assert filter_reading(BinaryOptConfig(name="sgd", momentum=0.9)) == (0.0, pytest.approx(0.1))  # no decay
+    no_poles = BinaryOptConfig(name="sgd", lr=1.0, weight_decay=1e-2, momentum=0.9)
+    assert all(math.isnan(v) for v in (*filter_reading(no_poles), *filter_reading(sgd, rate=0.0)))
+    filt = BinaryOptConfig(name="filter", alpha=1e-3, gamma=0.1)
+    assert filter_reading(filt) == (1e-3, 0.1) and filter_reading(filt, rate=5e-4) == (5e-4, 0.1)
+    assert filter_reading(BinaryOptConfig(name="bop", gamma=1e-4)) == (1e-4, 1.0)
+    for none in (BinaryOptConfig(name="bop", gamma=1e-4, threshold=1e-6), BinaryOptConfig(name="adam"),
+                 BinaryOptConfig(name="frozen")):
+        assert all(math.isnan(v) for v in filter_reading(none)), none.name

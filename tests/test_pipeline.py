@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -75,7 +76,8 @@ def test_smoke_grid_logs_one_run_per_trial_and_a_rerun_starts_nothing(tmp_path: 
     assert sorted(r.data.tags["wmhp.config_hash"] for r in runs) == sorted(cells)
     for run in runs:
         cell = cells[run.data.tags["wmhp.config_hash"]]
-        assert run.info.status == "FINISHED" and run.info.run_name == f"e2_lr_wd-{cell.hash}"
+        assert run.info.status == "FINISHED" and run.info.run_name == cell.run_name
+        assert re.fullmatch(r"e2 lr=\S+ weight_decay=\S+ (\S+ )*seed=\d+", cell.run_name)  # says the cell
         tags = run.data.tags
         assert (tags["wmhp.experiment"], tags["wmhp.grid"], tags["wmhp.preset"]) == ("e2", "e2_lr_wd", "smoke")
         assert tags["wmhp.code_version"].startswith("0.")
@@ -147,3 +149,87 @@ def test_a_trial_failing_once_resumes_and_ends_like_an_uninterrupted_one(tmp_pat
         assert [s for s, _ in got] == [1, 2, 3], key  # every epoch logged once, despite the replay
         if key != "epoch_s":
             assert all(same(x, y) for (_, x), (_, y) in zip(expected, got, strict=True)), key
+
+
+AGREE_GRID = """\
+name: {name}
+experiment: e0
+base: {{epochs: 2, model.hidden: [16, 16], binary_opt: {{name: filter, gamma: 0.1}}}}
+axes:
+  binary_opt.alpha: [{alphas}]
+presets: {{smoke: {{}}}}
+"""
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """The rows of pipeline.plan.print_table in a command's output: grid -> its counts and trial time."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["grid", "cells"])
+    rows = {}
+    for line in lines[start + 1 :]:
+        name, *values = line.split()
+        rows[name] = values
+        if name == "total":
+            return rows
+    raise AssertionError(text)
+
+
+@pytest.mark.slow
+def test_dry_run_and_launch_agree_on_every_count_for_grids_sharing_cells(tmp_path: Path, capsys) -> None:
+    """Two grids sharing two cells: one done in the first (the second adopts it), one to run, shared, and resumed
+    from an earlier launch's checkpoint. `wmhp ablate --dry-run` prints the numbers the launch prints, and the
+    launch does what they say."""
+    from bnn.train import CHECKPOINT_FILE, train
+    from pipeline.cli import ablate_main
+    from pipeline.tracking import Tracker, create_sqlite_store
+    from pipeline.trial import write_history
+
+    alpha = {"c1": "1.0e-3", "c2": "1.0e-2"}
+
+    def grid(name: str, cells: list[str]) -> str:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(AGREE_GRID.format(name=name, alphas=", ".join(alpha[c] for c in cells)))
+        return str(path)
+
+    results = tmp_path / "results"
+    a, b = grid("agree_a", ["c1", "c2"]), grid("agree_b", ["c1", "c2"])
+    c1, c2 = expand(load_grid(a), "smoke")
+    create_sqlite_store(results / "mlflow.db")
+    tracker = Tracker(f"sqlite:///{results / 'mlflow.db'}", results)  # c1 FINISHED in agree_a, as a launch logs it
+    run_id = tracker.start_run(tracker.ensure_experiment("agree_a"), c1, "smoke")
+    done_rows = [{"epoch": 1.0, "test_acc": 0.5}, {"epoch": 2.0, "test_acc": 0.6}]
+    tracker.log_epochs(run_id, done_rows)
+    tracker.end_run(run_id, done_rows, "FINISHED")
+    planted = results / "ray" / "ablate-old" / f"cell-{c2.hash}" / "checkpoint_000000"
+    rows: list[dict] = []
+    train(c2.config, rows.append, checkpoint_dir=planted, stop_after=1)
+    write_history(planted, rows)  # c2: 1 of 2 epochs left by an earlier launch
+
+    def dry_run() -> dict[str, list[str]]:
+        capsys.readouterr()
+        assert ablate_main([a, b, "--preset", "smoke", "--results-dir", str(results), "--dry-run"]) == 0
+        return table_rows(capsys.readouterr().out)
+
+    planned = dry_run()
+    out = io.StringIO()
+    summary = run_grids([a, b], "smoke", results, out=out)
+    # cells, done, adopt, to run, shared, resume (then the trial time)
+    expected = {"agree_a": ["2", "1", "0", "1", "0", "1"], "agree_b": ["2", "0", "1", "1", "1", "0"],
+                "total": ["4", "1", "1", "2", "1", "1"]}
+    assert {name: values[:6] for name, values in planned.items()} == expected
+    assert table_rows(out.getvalue()) == planned  # the launch prints the dry run's table, trial time included
+    assert [[str(n) for n in (g.cells, g.already_done, g.adopted, g.to_run, g.shared, g.resumed)]
+            for g in summary.grids] == [expected["agree_a"], expected["agree_b"]]
+    assert [(g.finished, g.failed) for g in summary.grids] == [(1, 0), (1, 0)]  # each to-run cell got its run
+    assert out.getvalue().count("] start") == sum(g.trials for g in summary.grids) == 1
+    assert "1 trial(s) to run" in out.getvalue()
+    assert {name: values[:6] for name, values in dry_run().items()} == {
+        "agree_a": ["2", "2", "0", "0", "0", "0"], "agree_b": ["2", "2", "0", "0", "0", "0"],
+        "total": ["4", "4", "0", "0", "0", "0"]}
+    client = client_for(results)
+    for name in ("agree_a", "agree_b"):
+        runs = {r.data.tags["wmhp.config_hash"]: r for r in runs_of(results, name) if r.info.status == "FINISHED"}
+        assert sorted(runs) == sorted([c1.hash, c2.hash])
+        assert history(client, runs[c1.hash].info.run_id, "test_acc") == [(1, 0.5), (2, 0.6)]  # done / adopted
+        resumed = history(client, runs[c2.hash].info.run_id, "test_acc")  # epoch 1 from the checkpoint's history
+        assert [step for step, _ in resumed] == [1, 2] and resumed[0][1] == rows[0]["test_acc"]

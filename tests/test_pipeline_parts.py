@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.runner import LaunchError, _launch_lock
-from pipeline.tracking import write_curves
 from pipeline.trial import (
     HISTORY_FILE,
     STATE_FILE,
@@ -55,19 +53,6 @@ def test_history_round_trips_with_nan(tmp_path: Path) -> None:
     assert json.loads((tmp_path / HISTORY_FILE).read_text(), parse_constant=str)["state_bytes"] == 5
     (row,) = read_history(tmp_path)
     assert row["epoch"] == 1.0 and math.isnan(row["alpha"])
-
-
-def test_curves_csv_has_one_row_per_epoch_in_order(tmp_path: Path) -> None:
-    history = [
-        {"epoch": 2.0, "test_acc": 0.5, "alpha": math.nan, "sign_hash": 2.0**51 + 1, "flips.fc": 0.25},
-        {"epoch": 1.0, "test_acc": 0.25, "alpha": math.nan, "sign_hash": 7.0, "flips.fc": 0.5},
-    ]
-    path = tmp_path / "curves.csv"
-    write_curves(history, path)
-    rows = list(csv.reader(path.open()))
-    assert rows[0] == ["epoch", "test_acc", "alpha", "flips.fc", "sign_hash"]
-    assert rows[1] == ["1", "0.25", "nan", "0.5", "7"]
-    assert rows[2] == ["2", "0.5", "nan", "0.25", str(2**51 + 1)]  # exact integers survive
 
 
 def test_fault_hook_fires_once_per_cell_at_its_epoch(tmp_path: Path) -> None:

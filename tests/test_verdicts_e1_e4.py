@@ -14,10 +14,10 @@ import pytest
 
 from analysis.experiments import e1_equivalence, e2_lr_wd, e3_init_scale, e4_momentum_gamma
 from analysis.frame import Experiment, cell_ids
-from analysis.reading import filter_reading
 from analysis.stats import half_widths, interval
 from analysis.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from bnn.config import flatten, from_flat, resolve
+from bnn.mapping import filter_reading
 
 STEPS = 800.0
 LATENT_MAPPED = {"binary_opt.alpha": None, "binary_opt.gamma": None, "binary_opt.state_init": "latent"}
@@ -28,8 +28,9 @@ def experiment(key: str, cells: list[dict[str, Any]], acc: Callable[[dict[str, A
     """Runs of every cell x seed with real resolved configs; final_test_acc = acc(flat config, seed)."""
     rows = []
     for cell in cells:
-        resolved = flatten(resolve(from_flat(cell)))
-        alpha, gamma = filter_reading(resolved)
+        config = resolve(from_flat(cell))
+        resolved = flatten(config)
+        alpha, gamma = filter_reading(config.binary_opt)
         for seed in range(seeds):
             flat = {**resolved, "seed": seed}
             rows.append(

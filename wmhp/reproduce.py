@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from wmhp.contract import DEFAULT_RESULTS_DIR
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -18,7 +19,7 @@ def reproduce_main(argv: list[str]) -> int:
         prog="wmhp reproduce", description="Run all grids, collect results, draw figures and write REPORT.md."
     )
     parser.add_argument("--preset", default="cpu", help="grid preset: smoke, cpu, cifar10 or imagenet (default cpu)")
-    parser.add_argument("--results-dir", type=Path, default=Path("results"), help="default: results/")
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR, help="default: %(default)s/")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///<results-dir>/mlflow.db)")
     parser.add_argument("--grids", nargs="*", metavar="GRID", help="grid names or files (default: all)")
     parser.add_argument("--address", help="Ray cluster address (default: local Ray)")
@@ -31,9 +32,8 @@ def reproduce_main(argv: list[str]) -> int:
 
     start = time.perf_counter()
     try:
-        summary = pipeline.run_grids(
-            args.grids or None, args.preset, args.results_dir, args.tracking_uri, address=args.address
-        )
+        options = pipeline.LaunchOptions(tracking_uri=args.tracking_uri, address=args.address)
+        summary = pipeline.run_grids(args.grids or None, args.preset, args.results_dir, options)
     except pipeline.GridError as exc:
         return _fail(str(exc))
     except pipeline.LaunchError as exc:

@@ -1,4 +1,9 @@
-"""Bop (Helwegen et al. 2019, "Latent weights do not exist"): one EMA of the gradient and a flip threshold."""
+"""Bop (Helwegen et al. 2019, "Latent weights do not exist"): one EMA of the gradient and a flip threshold.
+
+Paper: Koen Helwegen, James Widdicombe, Lukas Geiger, Zechun Liu, Kwang-Ting Cheng, Roeland Nusselder, "Latent
+Weights Do Not Exist: Rethinking Binarized Neural Network Optimization", NeurIPS 2019,
+https://arxiv.org/abs/1906.02107 (larq's ``larq.optimizers.Bop`` is the reference implementation).
+"""
 
 from __future__ import annotations
 

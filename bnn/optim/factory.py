@@ -1,4 +1,10 @@
-"""Optimizers from the TrainConfig sections: one for the binary weights, one for every other parameter."""
+"""Optimizers from the TrainConfig sections: one for the binary weights, one for every other parameter.
+
+Latent baselines use torch's own optimizers: Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization",
+ICLR 2015, https://arxiv.org/abs/1412.6980) and AdamW, Adam with decoupled weight decay (Loshchilov & Hutter,
+"Decoupled Weight Decay Regularization", ICLR 2019, https://arxiv.org/abs/1711.05101). The paper's gradient
+filter is bnn/optim/gradient_filter.py, Bop bnn/optim/bop.py.
+"""
 
 from __future__ import annotations
 

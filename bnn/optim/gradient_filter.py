@@ -1,4 +1,9 @@
-"""The paper's optimizer: two cascaded EMAs over the gradient, flip where the filter output agrees with b."""
+"""The paper's optimizer: two cascaded EMAs over the gradient, flip where the filter output agrees with b.
+
+Paper: Joris Quist, Yunqiang Li, Jan van Gemert, "Understanding weight-magnitude hyperparameters in training
+binary networks", ICLR 2023, https://arxiv.org/abs/2303.02452;
+official code https://github.com/jorisquist/Understanding-WM-HP-in-BNNs (optimizers/cema_optimizer.py).
+"""
 
 from __future__ import annotations
 

@@ -1,29 +1,33 @@
-"""A generated result set in exactly the form the pipeline writes to MLflow, for the benchmark and the tests.
+"""A generated result set written to MLflow by the pipeline's own Tracker, for benchmarks/bench_analysis.py and
+the analysis tests: if the pipeline's stored form drifts from what analysis reads, the fast tests fail.
 
-Nothing is trained: each run's numbers follow a smooth made-up law of the filter-view alpha plus seed noise,
-shaped only so that every figure has something to draw. Configs, params, tags, run names, statuses and
-artifacts are real: TrainConfig overrides -> resolve -> flatten -> params, config_hash -> tag and run name.
-Besides the finished runs, each grid gets one FAILED run (partial curves.csv), and e2 one KILLED run (metric
-history, no curves.csv) followed by a FINISHED rerun of the same cell, and one RUNNING run.
+Nothing is trained: each run's numbers follow a smooth made-up law of the filter reading (alpha, gamma) plus seed
+noise, shaped only so that every figure has something to draw. Configs, params, tags, run names, statuses and
+artifacts are real: TrainConfig overrides -> resolve -> pipeline cells -> Tracker.start_run / log_epochs /
+end_run. Besides the finished runs, each grid gets one FAILED run (partial curves), and e2 one KILLED run (metric
+history, no curves file: a killed driver never wrote it) followed by a FINISHED rerun of the same cell, and one
+RUNNING run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from analysis.reading import filter_reading
-from bnn.config import TrainConfig, config_hash, flatten, from_flat, resolve, to_dict
+from bnn.config import TrainConfig, config_hash, from_flat, resolve
+from bnn.mapping import filter_reading
 from bnn.schedules import multiplier
+from pipeline.grids import Cell
+from pipeline.tracking import Tracker, create_sqlite_store, sqlite_path
 
 LAYERS = ("fc1", "fc2", "fc3")
 STEPS_PER_EPOCH = 50
+BASE = {"data.name": "fashion-mnist", "model.name": "mlp", "schedule.name": "constant"}  # unless a grid sweeps it
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class Size:
 def grids(size: Size) -> dict[str, list[dict[str, Any]]]:
     """Grid name -> list of override dicts (seed included), in the spirit of pipeline/grids/eN_*.yaml."""
     n, seeds = size.points, range(size.seeds)
-    base = {"epochs": size.epochs, "data.name": "fashion-mnist", "model.name": "mlp", "schedule.name": "constant"}
+    base = {"epochs": size.epochs, **BASE}
     logs = lambda lo, hi: [float(f"{v:.3g}") for v in np.logspace(lo, hi, n)]  # noqa: E731
     out: dict[str, list[dict[str, Any]]] = {}
     e1 = [(0.1, 5e-4, 0.9), (0.1, 1e-4, 0.9), (0.1, 5e-4, 0.0)]
@@ -162,98 +166,50 @@ def write(tracking_uri: str, results_dir: Path, size: Size = Size(), history: st
     which leaves the latest metrics the same and makes a large set quicker to generate.
     Returns the number of runs written.
     """
-    from mlflow.tracking import MlflowClient
-
-    _fast_sqlite()
-    client = MlflowClient(tracking_uri=tracking_uri)
-    remote = tracking_uri.startswith(("http://", "https://"))
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        create_sqlite_store(db)  # as a launch does: a copy of a migrated empty store, not seconds of migrations
+    tracker = Tracker(tracking_uri, results_dir)
     count = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        for grid, cells in grids(size).items():
-            # As the pipeline does: a tracking server decides where artifacts go; a local store gets a folder.
-            location = None if remote else str((Path(results_dir) / "artifacts" / grid).resolve())
-            experiment_id = client.create_experiment(f"wmhp/{grid}", artifact_location=location)
-            writer = _Writer(client, experiment_id, grid, Path(tmp), history)
-            for overrides in cells:
-                writer.run(overrides, "FINISHED")
-            failed = {**cells[-1], "seed": 90}
-            writer.run(failed, "FAILED", epochs_done=max(1, size.epochs // 2))
-            count += len(cells) + 1
-            if grid == "e2_lr_wd":
-                writer.run(cells[0], "KILLED", epochs_done=max(1, size.epochs // 2))
-                writer.run({**cells[0], "seed": 91}, "RUNNING", epochs_done=1)
-                count += 2
+    for grid, cells in grids(size).items():
+        experiment_id = tracker.ensure_experiment(grid)
+
+        def run(overrides: dict[str, Any], status: str, epochs_done: int | None = None) -> None:
+            _run(tracker, experiment_id, grid, overrides, status, epochs_done, history)
+
+        for overrides in cells:
+            run(overrides, "FINISHED")
+        run({**cells[-1], "seed": 90}, "FAILED", epochs_done=max(1, size.epochs // 2))
+        count += len(cells) + 1
+        if grid == "e2_lr_wd":
+            run(cells[0], "KILLED", epochs_done=max(1, size.epochs // 2))
+            run({**cells[0], "seed": 91}, "RUNNING", epochs_done=1)
+            count += 2
     return count
 
 
-def _fast_sqlite() -> None:
-    """No fsync per commit in this process: a generated set needs no durability, and MLflow commits several times
-    per run (most of the generation time on a busy disk)."""
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    if getattr(_fast_sqlite, "done", False):
-        return
-
-    @event.listens_for(Engine, "connect")
-    def _pragmas(connection: Any, _record: Any) -> None:
-        if type(connection).__module__.startswith("sqlite3"):
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA synchronous=OFF")
-            cursor.close()
-
-    _fast_sqlite.done = True  # type: ignore[attr-defined]
+def _run(tracker: Tracker, experiment_id: str, grid: str, overrides: dict[str, Any], status: str,
+         epochs_done: int | None, history: str) -> None:
+    config = resolve(from_flat(overrides))
+    label = {name: value for name, value in overrides.items() if name != "epochs" and BASE.get(name) != value}
+    cell = Cell(grid, grid.split("_")[0], config, config_hash(config), label)
+    run_id = tracker.start_run(experiment_id, cell, "synthetic")
+    rows = curves(config, epochs_done or config.epochs)
+    unfinished = status in ("KILLED", "RUNNING")
+    tracker.log_epochs(run_id, rows if history == "full" or unfinished else rows[-1:])
+    if status == "KILLED":  # as the next launch marks a run its killed driver left RUNNING: no curves file
+        tracker.end_run(run_id, [], status, error="driver died while this run was in progress")
+    elif status != "RUNNING":
+        tracker.end_run(run_id, rows, status)
 
 
-class _Writer:
-    def __init__(self, client: Any, experiment_id: str, grid: str, tmp: Path, history: str) -> None:
-        self.client, self.experiment_id, self.grid, self.tmp, self.history = client, experiment_id, grid, tmp, history
-
-    def run(self, overrides: dict[str, Any], status: str, epochs_done: int | None = None) -> None:
-        from mlflow.entities import Metric, Param
-
-        config = resolve(from_flat(overrides))
-        digest = config_hash(config)
-        tags = {
-            "wmhp.experiment": self.grid.split("_")[0],
-            "wmhp.grid": self.grid,
-            "wmhp.preset": "synthetic",
-            "wmhp.config_hash": digest,
-            "wmhp.code_version": "synthetic",
-        }
-        run = self.client.create_run(self.experiment_id, run_name=f"{self.grid}-{digest}", tags=tags)
-        run_id = run.info.run_id
-        params = [Param(k, str(v)) for k, v in flatten(config).items()]
-        rows = curves(config, epochs_done or config.epochs)
-        logged = rows if self.history == "full" or status in ("KILLED", "RUNNING") else rows[-1:]
-        metrics = [Metric(k, v, 0, int(row["epoch"])) for row in logged for k, v in row.items()]
-        for start in range(0, max(len(metrics), 1), 1000):
-            self.client.log_batch(run_id, metrics=metrics[start : start + 1000], params=params if start == 0 else [])
-        if status not in ("KILLED", "RUNNING"):  # a killed driver never wrote curves.csv
-            directory = self.tmp / run_id
-            directory.mkdir()
-            _write_csv(directory / "curves.csv", rows)
-            import yaml
-
-            (directory / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-            self.client.log_artifacts(run_id, str(directory))
-        if status != "RUNNING":
-            self.client.set_terminated(run_id, status)
-
-
-def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    columns = list(rows[0])
-    lines = [",".join(columns)] + [",".join(repr(row[c]) for c in columns) for row in rows]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def filter_view(config: TrainConfig) -> tuple[float, float]:
-    """(alpha, gamma) the made-up law is a function of: the exact filter reading where there is one, else a
-    plausible stand-in (Adam; latent SGD without weight decay, whose alpha is 0)."""
+def _law_point(config: TrainConfig) -> tuple[float, float]:
+    """(alpha, gamma) the made-up law is a function of: the filter reading where there is one, else a plausible
+    stand-in (Adam; latent SGD without weight decay, whose alpha is 0)."""
     opt = config.binary_opt
     if opt.name == "frozen":  # never trained: made far worse than any trained cell
         return 1e-7, 1.0
-    alpha, gamma = filter_reading(flatten(config))
+    alpha, gamma = filter_reading(opt)
     if opt.name == "adam":
         return opt.lr * 0.3 * (1 + 1e3 * opt.eps) * (1.5 if opt.decay_mode == "decoupled" else 1.0), 1.0 - opt.beta1
     return max(alpha, 1e-6), gamma
@@ -262,7 +218,7 @@ def filter_view(config: TrainConfig) -> tuple[float, float]:
 def curves(config: TrainConfig, epochs_done: int) -> list[dict[str, float]]:
     """The made-up per-epoch metrics of one run: every key of bnn.train's contract."""
     rng = np.random.default_rng(int(hashlib.sha256(config_hash(config).encode()).hexdigest()[:12], 16))
-    alpha, gamma = filter_view(config)
+    alpha, gamma = _law_point(config)
     schedule = multiplier(config.schedule, config.epochs)
     opt = config.binary_opt
     quality = -0.04 * (math.log10(alpha) + 3.5) ** 2 - 0.02 * (math.log10(gamma) + 1) ** 2
