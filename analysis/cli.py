@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from analysis.schema import SchemaError
-from wmhp.contract import DEFAULT_RESULTS_DIR as DEFAULT_RESULTS
+from wmhp.contract import DEFAULT_RESULTS_DIR as DEFAULT_RESULTS, TRACKING_DB
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
@@ -91,7 +91,7 @@ def _log_report(results_dir: Path, written: list[Path], tracking_uri: str | None
 
     uri = store_for(results_dir, tracking_uri)
     if uri is None:
-        print(f"not logged to MLflow: no store at {results_dir / 'mlflow.db'} (pass --tracking-uri)")
+        print(f"not logged to MLflow: no store at {results_dir / TRACKING_DB} (pass --tracking-uri)")
         return 0
     try:
         experiment_id, run_id = log_report(results_dir, written, uri)
