@@ -8,6 +8,7 @@ Run alone: python -m benchmarks.bench_filter
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+import bnn.optim.base
 from bnn.optim import GradientFilter
 from bnn.optim.elementwise import block_elements_for
 
@@ -63,6 +65,16 @@ def per_tensor_step(params: list[Tensor], grads: list[Tensor], ms: list[Tensor],
         m.mul_(1 - GAMMA).add_(g * GAMMA)
         x.mul_(1 - ALPHA).add_(m * ALPHA)
         p.copy_(torch.where(x * p > 0, -p, p))
+
+
+def step_with_openmp_in_each_op(opt: GradientFilter) -> None:
+    """One step without bnn.optim.base's one_intra_op_thread: torch's OpenMP threads inside every block op."""
+    single = bnn.optim.base.one_intra_op_thread
+    bnn.optim.base.one_intra_op_thread = contextlib.nullcontext
+    try:
+        opt.step()
+    finally:
+        bnn.optim.base.one_intra_op_thread = single
 
 
 class Setup:
@@ -118,6 +130,10 @@ def run(out_dir: Path, device: str = "cpu", repeats: int = REPEATS) -> dict:
     fused_state_mismatches = sum(int((a != b).sum()) for a, b in zip(fused.ms + fused.xs, ours.ms + ours.xs))
 
     plain = Setup(start)
+    openmp = Setup(start)
+    openmp_opt = GradientFilter(openmp.params, alpha=ALPHA, gamma=GAMMA)
+    for p, g in zip(openmp.params, grads):
+        p.grad = g
     src, dst = torch.randn(numel, generator=gen).to(dev), torch.empty(numel, device=dev)
     timings = {
         "official code (fused EMA)": lambda: official_step(fused.params, grads, fused.ms, fused.xs, True),
@@ -125,6 +141,7 @@ def run(out_dir: Path, device: str = "cpu", repeats: int = REPEATS) -> dict:
             reference.params, grads, reference.ms, reference.xs, False),
         "per-tensor loop, no concatenation": lambda: per_tensor_step(plain.params, grads, plain.ms, plain.xs),
         "GradientFilter.step": filter_opt.step,
+        "GradientFilter.step, OpenMP threads in each block op": lambda: step_with_openmp_in_each_op(openmp_opt),
         "plain copy of one tensor": lambda: dst.copy_(src),
     }
     default_threads = torch.get_num_threads()
@@ -181,6 +198,7 @@ def summarize(seconds: dict[str, float], bytes_per_step: int, copy_bytes: int) -
         "speedup_vs_official": seconds["official code (fused EMA)"] / ours,
         "speedup_vs_official_unfused": seconds["official structure, unfused EMA"] / ours,
         "speedup_vs_per_tensor_loop": seconds["per-tensor loop, no concatenation"] / ours,
+        "one_thread_vs_openmp_in_each_op": seconds["GradientFilter.step, OpenMP threads in each block op"] / ours,
         "achieved_gbps": achieved_gbps,
         "copy_gbps": copy_gbps,
         "fraction_of_copy_bandwidth": achieved_gbps / copy_gbps,
@@ -206,6 +224,8 @@ def markdown(r: dict) -> str:
             f"{ours:.1f} ms = {t['achieved_gbps']:.1f} GB/s; a plain tensor copy reaches {t['copy_gbps']:.1f} GB/s "
             f"(read + write): {100 * t['fraction_of_copy_bandwidth']:.0f}% (goal 50%)",
             f"- speedup over the official code: {t['speedup_vs_official']:.1f}x (goal 4x)",
+            f"- one intra-op thread for the block ops (bnn.optim.base): {t['one_thread_vs_openmp_in_each_op']:.2f}x "
+            "the step with OpenMP threads in each block op",
             "",
         ]
     lines.append(

@@ -88,16 +88,6 @@ def connect_ray(options: LaunchOptions, summary: RunSummary) -> bool:
     return True
 
 
-def import_tune_side() -> None:
-    """Tune and the trainable take seconds to import; run beside ray.init, which mostly waits (GIL free)."""
-    try:
-        import ray.tune  # noqa: F401
-
-        import pipeline.callbacks  # noqa: F401
-    except BaseException:  # noqa: BLE001 - only a head start: the launch imports them again and reports errors
-        pass
-
-
 def two_step_phases(targets: dict[str, list[Cell]]) -> list[dict[str, list[Cell]]]:
     """Targets split into launch phases: everything but stage-step2 cells first, then the step2 cells, which
     start from their step-1 runs' finished checkpoints (one phase when nothing is two-step)."""

@@ -4,6 +4,7 @@ pickled batches, ImageFolder trees) that the tests write; order and augmentation
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import subprocess
 import sys
@@ -175,6 +176,19 @@ def test_idx_reader_round_trip_and_corrupt_files(tmp_path: Path) -> None:
     (tmp_path / "cut-idx3-ubyte.gz").write_bytes((tmp_path / "a-idx3-ubyte.gz").read_bytes()[:20])
     with pytest.raises(DatasetError, match="cut-idx3-ubyte.gz"):
         read_idx(tmp_path / "cut-idx3-ubyte.gz")
+
+
+def test_idx_reader_decodes_once_and_again_when_the_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "a-idx3-ubyte.gz"
+    write_idx(path, np.zeros((2, 3), dtype=np.uint8))
+    first = read_idx(path)
+    assert read_idx(path) is first and not first.flags.writeable  # shared between trials, so nobody may write
+    write_idx(path, np.ones((2, 3), dtype=np.uint8))
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 1))  # a rewrite within the clock's resolution still counts
+    assert np.array_equal(read_idx(path), np.ones((2, 3), dtype=np.uint8))
+    path.unlink()
+    with pytest.raises(DatasetError, match="a-idx3-ubyte.gz.*cannot read"):
+        read_idx(path)
 
 
 def test_truncated_fashion_file_in_data_root_is_named(tmp_path: Path) -> None:

@@ -22,13 +22,7 @@ BATCH = 64
 HIDDEN = 48
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads only add waiting on a shared, loaded machine (38 s instead of 2 s here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class TinyBNN(nn.Module):

@@ -14,13 +14,7 @@ from bnn.flips import FlipTracker
 EPOCHS, STEPS_PER_EPOCH = 3, 5
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads only add waiting on a shared, loaded machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_weights(seed: int = 0) -> list[tuple[str, torch.Tensor]]:

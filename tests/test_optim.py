@@ -16,13 +16,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float64]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads only add waiting on a shared, loaded machine (38 s instead of 2 s here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def transcribed_filter(b, m, x, g, alpha, gamma):
@@ -317,6 +311,7 @@ def test_results_do_not_depend_on_thread_count_or_blocking():
                 p.grad = torch.randn(p.shape, generator=gen)
             opt.step()
         results.append([t.clone() for p in params for t in (p, opt.state[p]["m"], opt.state[p]["x"])])
+        assert torch.get_num_threads() == threads  # the step's one intra-op thread is its own business
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 

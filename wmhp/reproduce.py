@@ -38,10 +38,6 @@ def reproduce_main(argv: list[str]) -> int:
         return _fail(str(exc))
     except pipeline.LaunchError as exc:
         return _fail(str(exc), 1)
-    import ray
-
-    if ray.is_initialized():  # figures draw in forked workers; a live Ray client makes gRPC warn on fork
-        ray.shutdown()
     try:
         collect(args.results_dir, args.tracking_uri)
         written = make_figures(args.results_dir, args.preset)
