@@ -2,43 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from bnn.binarize import sign
+from bnn.optim.cpu_workers import run_blocks
 from bnn.optim.elementwise import block_elements_for, cache_blocks, columns
-
-
-# Filter step on 28.3M weights, 2 loaded cores, medians (make bench 2026-11-30): 0.13-0.8 s on one thread, 0.19-5.7 s
-# with OpenMP threads in each block op (1.5-14x); a pool of single-threaded workers was no faster (1.0x), so it went.
-@contextlib.contextmanager
-def one_intra_op_thread() -> Iterator[None]:
-    """torch's intra-op threads down to one while the CPU blocks are updated, then back.
-
-    Every op on a cache block would otherwise open an OpenMP parallel region that ends in a barrier, about 500 per
-    step for 28M weights, and on cores shared with other busy processes each barrier waits for a descheduled
-    thread. One thread streaming the blocks is bound by memory bandwidth anyway.
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class SignFlipOptimizer(torch.optim.Optimizer):
     """Base of optimizers that flip the signs of +-1 parameters instead of adding to their magnitude.
 
-    A step cuts the tensors into cache blocks (bnn.optim.elementwise) and, on CPU, updates them one after another
-    on one intra-op thread (``one_intra_op_thread``); blocks are independent, so the bits never depend on either.
+    A step cuts the tensors into cache blocks (bnn.optim.elementwise) and, on CPU, spreads the blocks over
+    worker threads (bnn.optim.cpu_workers); blocks are independent, so the bits never depend on either.
     On construction (and for every group added later) each parameter is replaced by its sign, sign(0) = +1,
     and its state buffers ``state_keys`` are created as zeros, so ``state_dict()`` is complete from the start
     and a resumed run continues bit for bit. The group's ``lr`` carries the rate a scheduler should drive.
@@ -117,8 +96,5 @@ class SignFlipOptimizer(torch.optim.Optimizer):
                         cpu_blocks.append((columns(block, len(operands)), group))
                     else:
                         self.update_block(columns(block, len(operands)), group)
-        if cpu_blocks:
-            with one_intra_op_thread():
-                for operands, group in cpu_blocks:
-                    self.update_block(operands, group)
+        run_blocks(cpu_blocks, lambda item: self.update_block(*item))
         return loss

@@ -10,8 +10,9 @@ equations bit for bit. (The official code uses ``add_(alpha=)``, so it differs f
 
 Speed on CPU comes from cache blocking: the tensors are cut into blocks of about ``DEFAULT_BLOCK_BYTES`` per
 operand and the whole op sequence runs on one block while it is in cache, so main memory sees each of
-g, m, x, b read once and m, x, b written once per step (on one thread: bnn.optim.base). On accelerators one
-block holds every tensor and each op is a single multi-tensor (``_foreach``) launch.
+g, m, x, b read once and m, x, b written once per step (bnn.optim.cpu_workers spreads the blocks over
+threads). On accelerators one block holds every tensor and each op is a single multi-tensor (``_foreach``)
+launch.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import torch
 from torch import Tensor
 
 # Bytes of one operand per cache block on CPU. Six operands are in flight (g, m, x, b and two temporaries), so a
-# block needs about 6 MiB of last-level cache. Sweep on a 2-core EPYC (32 MiB L3), 28M float32
-# weights, 2 worker threads (before 2026-11-30), ms per step: 128K elements 43-51, 256K 38-46, 512K 41-49, 1M 49-61.
+# block needs about 6 MiB of last-level cache per worker thread. Sweep on a 2-core EPYC (32 MiB L3), 28M float32
+# weights, 2 workers, ms per step: 128K elements 43-51, 256K 38-46, 512K 41-49, 1M 49-61.
 DEFAULT_BLOCK_BYTES = 1024 * 1024
 
 Block = list[tuple[Tensor, ...]]
