@@ -93,6 +93,36 @@ def median_seconds(fns: dict[str, Callable[[], None]], repeats: int, sync: Calla
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+MLP_SHAPES = [(128, 784), (128, 128)]  # the cpu preset's binary weights (116,736), as a trial holds them
+
+
+def trial_sized_step_us(repeats: int = 300) -> dict[str, float]:
+    """GradientFilter.step against the blocked step on the cpu preset MLP's binary weights, on one thread as a
+    trial runs: 20th percentile of interleaved steps, process CPU microseconds."""
+    gen = torch.Generator().manual_seed(2)
+
+    def weights() -> list[torch.nn.Parameter]:
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen).sign_()) for s in MLP_SHAPES]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        return params
+
+    steps = {"GradientFilter.step": GradientFilter(weights(), alpha=ALPHA, gamma=GAMMA).step,
+             "blocked": BlockedGradientFilter(weights(), alpha=ALPHA, gamma=GAMMA).step}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(repeats):
+            for name, step in steps.items():
+                start = time.process_time()
+                step()
+                times[name].append(time.process_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return {name: sorted(t)[len(t) // 5] * 1e6 for name, t in times.items()}
+
+
 def run(out_dir: Path, device: str = "cpu", repeats: int = REPEATS) -> dict:
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -180,6 +210,7 @@ def run(out_dir: Path, device: str = "cpu", repeats: int = REPEATS) -> dict:
         "official_fused_state_mismatches_after_3_steps": fused_state_mismatches,
         "bytes_per_step": bytes_per_step,
         "block_sweep_ms": block_sweep,
+        "trial_sized_step_us": trial_sized_step_us() if dev.type == "cpu" else {},
         "goals": {"speedup_vs_official": 4.0, "fraction_of_copy_bandwidth": 0.5},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -246,6 +277,11 @@ def markdown(r: dict) -> str:
         sweep = ", ".join(f"{int(k) // 1024}K: {v:.0f} ms" for k, v in r["block_sweep_ms"].items())
         lines.append(f"- blocked: cache block, elements per operand (default {r['block_elements'] // 1024}K), "
                      f"{r['threads']} threads: {sweep}")
+    if r["trial_sized_step_us"]:
+        t = r["trial_sized_step_us"]
+        lines.append(f"- at a trial's size (the cpu preset MLP's 116,736 binary weights, 1 thread, 20th percentile "
+                     f"of process CPU time): GradientFilter.step {t['GradientFilter.step']:.0f} us, blocked "
+                     f"{t['blocked']:.0f} us per step")
     return "\n".join(lines) + "\n"
 
 
