@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[pipeline,test]'  # everything: the science, the pipeline, the tests
 	touch $@
 
 # Fashion-MNIST, the dataset of the default CPU reproduction (see bnn/data for every place it is looked for).

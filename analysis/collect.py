@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -26,12 +25,10 @@ import pyarrow as pa
 
 from analysis.schema import EPOCH_METRICS, curves_schema, runs_schema, write_atomic
 from bnn.config import field_names
-from bnn.mapping import filter_reading
 from wmhp import contract
 from wmhp.contract import CURVES_FILE, default_tracking_uri
 
 _DOWNLOAD_THREADS = 8
-_BINARY_OPT = "binary_opt."
 
 
 class CollectError(ValueError):
@@ -141,8 +138,6 @@ def _record(grid_name: str, run: Any) -> _Record:
     }
     for name in field_names():
         row[name] = _parse_param(name, params.get(name), info.run_id)
-    binary_opt = SimpleNamespace(**{k[len(_BINARY_OPT) :]: v for k, v in row.items() if k.startswith(_BINARY_OPT)})
-    row["filter_alpha"], row["filter_gamma"] = filter_reading(binary_opt)
     return _Record(row, info.start_time or 0, info.artifact_uri, sorted(run.data.metrics))
 
 
@@ -254,6 +249,9 @@ def _runs_table(records: list[_Record]) -> pa.Table:
             values = curve.get(name)
             row[f"final_{name}"] = float(values[-1]) if values is not None and n else math.nan
         row.update(_best_epoch(curve, n))
+        for column, name in (("filter_alpha", "alpha"), ("filter_gamma", "gamma")):  # the run's logged reading
+            values = curve.get(name)
+            row[column] = float(values[0]) if values is not None and n else math.nan
         epoch_s = curve.get("epoch_s")
         row["train_s"] = float(np.nansum(epoch_s)) if epoch_s is not None else math.nan
         rows.append(row)

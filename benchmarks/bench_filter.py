@@ -1,9 +1,10 @@
 """GradientFilter.step on a parameter set shaped like ReActNet-A's binary weights (28.25M), against the
-official code's way (a per-tensor EMA loop, one torch.cat of all weights, a boolean-mask flip per tensor).
+official code's way (a per-tensor EMA loop, one torch.cat of all weights, a boolean-mask flip per tensor)
+and against benchmarks.blocked_filter (cache blocks on worker threads, an arithmetic flip).
 
-Reports the speedup, checks the results are identical, and puts the achieved memory traffic (the bytes one
-step must move: read g, m, x, b and write m, x, b) beside what a plain tensor copy reaches on this machine.
-Run alone: python -m benchmarks.bench_filter
+Reports the speedups, checks that every variant's results are identical, and puts the achieved memory
+traffic (the bytes one step must move: read g, m, x, b and write m, x, b) beside what a plain tensor copy
+reaches on this machine. Run alone: python -m benchmarks.bench_filter
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-import bnn.optim.base
+from benchmarks.blocked_filter import BLOCK_BYTES, BlockedGradientFilter
 from bnn.optim import GradientFilter
-from bnn.optim.elementwise import block_elements_for
 
 ALPHA, GAMMA = 1e-3, 0.1
 REPEATS = 5
@@ -66,21 +66,6 @@ def per_tensor_step(params: list[Tensor], grads: list[Tensor], ms: list[Tensor],
         p.copy_(torch.where(x * p > 0, -p, p))
 
 
-def _blocks_in_calling_thread(items, update) -> None:
-    for item in items:
-        update(item)
-
-
-def step_with_openmp_in_each_op(opt: GradientFilter) -> None:
-    """One step without bnn.optim.cpu_workers: the blocks in the calling thread, torch's OpenMP threads in each op."""
-    workers = bnn.optim.base.run_blocks
-    bnn.optim.base.run_blocks = _blocks_in_calling_thread
-    try:
-        opt.step()
-    finally:
-        bnn.optim.base.run_blocks = workers
-
-
 class Setup:
     """One copy of the weights and filter state, all starting from the same values."""
 
@@ -108,6 +93,36 @@ def median_seconds(fns: dict[str, Callable[[], None]], repeats: int, sync: Calla
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+MLP_SHAPES = [(128, 784), (128, 128)]  # the cpu preset's binary weights (116,736), as a trial holds them
+
+
+def trial_sized_step_us(repeats: int = 300) -> dict[str, float]:
+    """GradientFilter.step against the blocked step on the cpu preset MLP's binary weights, on one thread as a
+    trial runs: 20th percentile of interleaved steps, process CPU microseconds."""
+    gen = torch.Generator().manual_seed(2)
+
+    def weights() -> list[torch.nn.Parameter]:
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen).sign_()) for s in MLP_SHAPES]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        return params
+
+    steps = {"GradientFilter.step": GradientFilter(weights(), alpha=ALPHA, gamma=GAMMA).step,
+             "blocked": BlockedGradientFilter(weights(), alpha=ALPHA, gamma=GAMMA).step}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(repeats):
+            for name, step in steps.items():
+                start = time.process_time()
+                step()
+                times[name].append(time.process_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return {name: sorted(t)[len(t) // 5] * 1e6 for name, t in times.items()}
+
+
 def run(out_dir: Path, device: str = "cpu", repeats: int = REPEATS) -> dict:
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -118,34 +133,43 @@ def run(out_dir: Path, device: str = "cpu", repeats: int = REPEATS) -> dict:
     numel = sum(w.numel() for w in start)
 
     # Identity: three steps from the same state with the same gradients, then every buffer compared.
-    reference, fused, ours = Setup(start), Setup(start), Setup(start)
-    filter_opt = GradientFilter(ours.params, alpha=ALPHA, gamma=GAMMA)
-    for p, g in zip(ours.params, grads):
-        p.grad = g
+    reference, fused = Setup(start), Setup(start)
+    ours = {name: Setup(start) for name in ("plain", "blocked", "blocked_openmp")}
+    optimizers = {
+        "plain": GradientFilter(ours["plain"].params, alpha=ALPHA, gamma=GAMMA),
+        "blocked": BlockedGradientFilter(ours["blocked"].params, alpha=ALPHA, gamma=GAMMA),
+        "blocked_openmp": BlockedGradientFilter(ours["blocked_openmp"].params, alpha=ALPHA, gamma=GAMMA,
+                                                workers=False),
+    }
+    for name, opt in optimizers.items():
+        for p, g in zip(ours[name].params, grads):
+            p.grad = g
     with torch.no_grad():
         for _ in range(3):
             official_step(reference.params, grads, reference.ms, reference.xs, fused=False)
             official_step(fused.params, grads, fused.ms, fused.xs, fused=True)
-            filter_opt.step()
-    ours.ms = [filter_opt.state[p]["m"] for p in ours.params]
-    ours.xs = [filter_opt.state[p]["x"] for p in ours.params]
-    identical = all(torch.equal(a, b) for a, b in zip(reference.tensors(), ours.tensors()))
-    fused_sign_mismatches = sum(int((a != b).sum()) for a, b in zip(fused.params, ours.params))
-    fused_state_mismatches = sum(int((a != b).sum()) for a, b in zip(fused.ms + fused.xs, ours.ms + ours.xs))
+            for opt in optimizers.values():
+                opt.step()
+    for name, opt in optimizers.items():
+        ours[name].ms = [opt.state[p]["m"] for p in ours[name].params]
+        ours[name].xs = [opt.state[p]["x"] for p in ours[name].params]
+    identical = {name: all(torch.equal(a, b) for a, b in zip(reference.tensors(), setup.tensors()))
+                 for name, setup in ours.items()}
+    plain = ours["plain"]
+    fused_sign_mismatches = sum(int((a != b).sum()) for a, b in zip(fused.params, plain.params))
+    fused_state_mismatches = sum(int((a != b).sum()) for a, b in zip(fused.ms + fused.xs, plain.ms + plain.xs))
 
-    plain = Setup(start)
-    openmp = Setup(start)
-    openmp_opt = GradientFilter(openmp.params, alpha=ALPHA, gamma=GAMMA)
-    for p, g in zip(openmp.params, grads):
-        p.grad = g
+    loop = Setup(start)
     src, dst = torch.randn(numel, generator=gen).to(dev), torch.empty(numel, device=dev)
+    blocked = optimizers["blocked"]
     timings = {
         "official code (fused EMA)": lambda: official_step(fused.params, grads, fused.ms, fused.xs, True),
         "official structure, unfused EMA": lambda: official_step(
             reference.params, grads, reference.ms, reference.xs, False),
-        "per-tensor loop, no concatenation": lambda: per_tensor_step(plain.params, grads, plain.ms, plain.xs),
-        "GradientFilter.step": filter_opt.step,
-        "GradientFilter.step, OpenMP threads in each block op": lambda: step_with_openmp_in_each_op(openmp_opt),
+        "per-tensor loop, no concatenation": lambda: per_tensor_step(loop.params, grads, loop.ms, loop.xs),
+        "GradientFilter.step": optimizers["plain"].step,
+        "blocked: cache blocks on worker threads": blocked.step,
+        "blocked, OpenMP threads in each block op": optimizers["blocked_openmp"].step,
         "plain copy of one tensor": lambda: dst.copy_(src),
     }
     default_threads = torch.get_num_threads()
@@ -162,10 +186,10 @@ def run(out_dir: Path, device: str = "cpu", repeats: int = REPEATS) -> dict:
             torch.set_num_threads(default_threads)
             if dev.type == "cpu":
                 for elements in (1 << 15, 1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 21):
-                    filter_opt.block_elements = elements
-                    step_s = median_seconds({"step": filter_opt.step}, max(3, repeats // 2), sync)["step"]
+                    blocked.block_elements = elements
+                    step_s = median_seconds({"step": blocked.step}, max(3, repeats // 2), sync)["step"]
                     block_sweep[str(elements)] = step_s * 1e3
-                filter_opt.block_elements = None
+                blocked.block_elements = None
     finally:
         torch.set_num_threads(default_threads)
 
@@ -176,15 +200,17 @@ def run(out_dir: Path, device: str = "cpu", repeats: int = REPEATS) -> dict:
         "params": numel,
         "repeats": repeats,
         "load_average_1min": os.getloadavg()[0],
-        "block_elements": block_elements_for(dev, torch.float32, None),
+        "block_elements": BLOCK_BYTES // start[0].element_size(),
         "threads": default_threads,
         **by_threads[default_threads],
         "by_threads": by_threads,
-        "identical_to_unfused_reference": identical,
+        "identical_to_unfused_reference": all(identical.values()),
+        "identical_by_variant": identical,
         "official_fused_sign_mismatches_after_3_steps": fused_sign_mismatches,
         "official_fused_state_mismatches_after_3_steps": fused_state_mismatches,
         "bytes_per_step": bytes_per_step,
         "block_sweep_ms": block_sweep,
+        "trial_sized_step_us": trial_sized_step_us() if dev.type == "cpu" else {},
         "goals": {"speedup_vs_official": 4.0, "fraction_of_copy_bandwidth": 0.5},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,17 +221,22 @@ def run(out_dir: Path, device: str = "cpu", repeats: int = REPEATS) -> dict:
 
 def summarize(seconds: dict[str, float], bytes_per_step: int, copy_bytes: int) -> dict:
     ours = seconds["GradientFilter.step"]
-    achieved_gbps = bytes_per_step / ours / 1e9
+    blocked = seconds["blocked: cache blocks on worker threads"]
+    official = seconds["official code (fused EMA)"]
     copy_gbps = copy_bytes / seconds["plain copy of one tensor"] / 1e9
     return {
         "ms": {name: s * 1e3 for name, s in seconds.items()},
-        "speedup_vs_official": seconds["official code (fused EMA)"] / ours,
+        "speedup_vs_official": official / ours,
         "speedup_vs_official_unfused": seconds["official structure, unfused EMA"] / ours,
         "speedup_vs_per_tensor_loop": seconds["per-tensor loop, no concatenation"] / ours,
-        "workers_vs_openmp_in_each_op": seconds["GradientFilter.step, OpenMP threads in each block op"] / ours,
-        "achieved_gbps": achieved_gbps,
+        "blocked_speedup_vs_official": official / blocked,
+        "blocked_vs_plain": ours / blocked,
+        "workers_vs_openmp_in_each_op": seconds["blocked, OpenMP threads in each block op"] / blocked,
+        "achieved_gbps": bytes_per_step / ours / 1e9,
+        "blocked_gbps": bytes_per_step / blocked / 1e9,
         "copy_gbps": copy_gbps,
-        "fraction_of_copy_bandwidth": achieved_gbps / copy_gbps,
+        "fraction_of_copy_bandwidth": bytes_per_step / ours / 1e9 / copy_gbps,
+        "blocked_fraction_of_copy_bandwidth": bytes_per_step / blocked / 1e9 / copy_gbps,
     }
 
 
@@ -217,31 +248,40 @@ def markdown(r: dict) -> str:
     ]
     for threads, t in r["by_threads"].items():
         ours = t["ms"]["GradientFilter.step"]
-        lines += [f"{threads} thread(s):", "", "| implementation | ms / step | GradientFilter speedup |"]
+        lines += [f"{threads} thread(s):", "", "| implementation | ms / step | vs GradientFilter.step |"]
         lines.append("|---|---:|---:|")
         for name, ms in t["ms"].items():
             if name != "plain copy of one tensor":
                 lines.append(f"| {name} | {ms:.1f} | {ms / ours:.2f}x |")
         lines += [
             "",
-            f"- memory traffic: {r['bytes_per_step'] / 1e6:.0f} MB per step (read g, m, x, b; write m, x, b) in "
-            f"{ours:.1f} ms = {t['achieved_gbps']:.1f} GB/s; a plain tensor copy reaches {t['copy_gbps']:.1f} GB/s "
-            f"(read + write): {100 * t['fraction_of_copy_bandwidth']:.0f}% (goal 50%)",
-            f"- speedup over the official code: {t['speedup_vs_official']:.1f}x (goal 4x)",
-            f"- worker threads for the blocks (bnn.optim.cpu_workers): {t['workers_vs_openmp_in_each_op']:.2f}x "
-            "the step with OpenMP threads in each block op",
+            f"- memory traffic: {r['bytes_per_step'] / 1e6:.0f} MB per step (read g, m, x, b; write m, x, b): "
+            f"GradientFilter.step {t['achieved_gbps']:.1f} GB/s, blocked {t['blocked_gbps']:.1f} GB/s; a plain "
+            f"tensor copy reaches {t['copy_gbps']:.1f} GB/s (read + write): "
+            f"{100 * t['fraction_of_copy_bandwidth']:.0f}% and {100 * t['blocked_fraction_of_copy_bandwidth']:.0f}% "
+            "(goal 50%)",
+            f"- speedup over the official code: GradientFilter.step {t['speedup_vs_official']:.1f}x, blocked "
+            f"{t['blocked_speedup_vs_official']:.1f}x (goal 4x); blocked vs GradientFilter.step "
+            f"{t['blocked_vs_plain']:.2f}x",
+            f"- worker threads for the blocks: {t['workers_vs_openmp_in_each_op']:.2f}x the blocked step with "
+            "OpenMP threads in each block op",
             "",
         ]
+    variants = ", ".join(f"{name} {same}" for name, same in r["identical_by_variant"].items())
     lines.append(
-        "- identical to the unfused reference (b, m, x bit for bit after 3 steps): "
-        f"{r['identical_to_unfused_reference']}"
+        f"- identical to the unfused reference (b, m, x bit for bit after 3 steps): {variants}"
         f"; the official fused arithmetic differs in {r['official_fused_state_mismatches_after_3_steps']} state "
         f"values (last bit) and {r['official_fused_sign_mismatches_after_3_steps']} signs"
     )
     if r["block_sweep_ms"]:
         sweep = ", ".join(f"{int(k) // 1024}K: {v:.0f} ms" for k, v in r["block_sweep_ms"].items())
-        lines.append(f"- cache block, elements per operand (default {r['block_elements'] // 1024}K), {r['threads']} "
-                     f"threads: {sweep}")
+        lines.append(f"- blocked: cache block, elements per operand (default {r['block_elements'] // 1024}K), "
+                     f"{r['threads']} threads: {sweep}")
+    if r["trial_sized_step_us"]:
+        t = r["trial_sized_step_us"]
+        lines.append(f"- at a trial's size (the cpu preset MLP's 116,736 binary weights, 1 thread, 20th percentile "
+                     f"of process CPU time): GradientFilter.step {t['GradientFilter.step']:.0f} us, blocked "
+                     f"{t['blocked']:.0f} us per step")
     return "\n".join(lines) + "\n"
 
 

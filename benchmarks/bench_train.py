@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnn.binarize import binarize_
 from bnn.config import BinaryOptConfig, ModelConfig, RealOptConfig
 from bnn.flips import FlipTracker
 from bnn.layers import BinaryConv2d, BinaryLinear, binary_layers, init_binary_weights, split_parameters
@@ -86,6 +87,7 @@ class Trainer:
             return
         init_binary_weights(binary, "uniform", 1e-3, torch.Generator().manual_seed(0))
         if weight_mode == "binary":
+            binarize_(binary)
             binary_opt = build_binary_optimizer(BinaryOptConfig(name="filter", alpha=1e-3, gamma=1e-1), binary)
         else:
             binary_opt = build_binary_optimizer(BinaryOptConfig(name="adam", lr=1e-3), binary)

@@ -32,7 +32,7 @@ from bnn.config import from_flat, resolve
 from bnn.layers import binary_layers
 from bnn.mapping import filter_state_from_latent, latent_to_filter
 from bnn.optim import GradientFilter
-from bnn.schedules import multiplier
+from bnn.schedules import RateSchedule, multiplier
 from bnn.train import Run, configure_determinism
 
 DEFAULT_OUT = Path("results/bench/gpu.md")
@@ -52,7 +52,7 @@ def e1_on_device(device: str, epochs: int = 3) -> dict[str, Any]:
     start = [filter_state_from_latent(w, lr, wd, momentum) for w in sgd.binary_weights]
     filt.binary_opt = GradientFilter(filt.binary_weights, alpha=alpha, gamma=gamma, initial_state=start)
     schedule = multiplier(filt.config.schedule, filt.config.epochs)
-    filt.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in (filt.binary_opt, filt.real_opt) if o]
+    filt.schedulers = [RateSchedule(o, schedule) for o in (filt.binary_opt, filt.real_opt) if o]
     rows = []
     start_s = time.perf_counter()
     for _ in range(epochs):

@@ -237,6 +237,9 @@ def curves(config: TrainConfig, epochs_done: int) -> list[dict[str, float]]:
         steps = epoch * STEPS_PER_EPOCH
         flip = min(0.5, 20 * alpha * s * gamma**0.5) * (1 + 0.05 * rng.standard_normal())
         forgotten = wd > 0 and steps >= forget
+        rate = math.nan if opt.name == "frozen" else s * (
+            opt.alpha if opt.name == "filter" else opt.gamma if opt.name == "bop" else opt.lr)
+        reading = filter_reading(opt, rate=rate)  # as bnn.train logs it
         digest = float(pair_rng.integers(0, 2**48))
         if opt.name == "filter" and rng.random() < 0.1:
             digest += 1.0
@@ -251,10 +254,9 @@ def curves(config: TrainConfig, epochs_done: int) -> list[dict[str, float]]:
             "flip_ratio": max(flip, 0.0),
             "sign_agreement_init": 0.5 if forgotten else 0.5 + 0.5 * math.exp(-steps * alpha * 10),
             "init_forget_step": float(math.ceil(max(forget, 1.0))) if forgotten else math.nan,
-            "lr": (opt.alpha if opt.name == "filter" else opt.gamma if opt.name == "bop" else opt.lr) * s,
-            "alpha": alpha * s
-            if opt.name != "adam" and not (opt.name == "sgd" and opt.weight_decay == 0)
-            else math.nan,
+            "lr": rate,
+            "alpha": reading[0],
+            "gamma": reading[1],
             "real_lr": config.real_opt.lr * s,
             "epoch_s": 1.0 + 0.05 * rng.random(),
             "steps": float(steps),

@@ -5,6 +5,7 @@ Convention, stated once for all of wmhp: sign(0) = +1, so every binary value is 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
@@ -19,6 +20,17 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     # is mapped to +1 as ``x < 0`` is false for it. Arithmetic only and one allocation: on the CPU this is ~10x faster
     # than torch.where on ones_like tensors (comparison kernels and fresh buffers are what cost there).
     return torch.sign(x).add_(0.5).sign_().nan_to_num_(1.0)
+
+
+@torch.no_grad()
+def binarize_(tensors: Iterable[torch.Tensor]) -> None:
+    """Replace every tensor by its sign, in place (sign(0) = +1): the start of true +-1 training.
+
+    GradientFilter, Bop and Frozen train weights that already hold exactly -1 or +1 and refuse others; call
+    this on the binary weights after any latent init (or build the layers with ``weight_mode="binary"``).
+    """
+    for tensor in tensors:
+        tensor.copy_(sign(tensor))
 
 
 class _SignIdentity(torch.autograd.Function):

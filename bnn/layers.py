@@ -3,8 +3,9 @@
 latent: ``weight`` is a real-valued latent weight; the forward pass uses sign(weight) (times mean|w| per output
     channel when ``scaling``), and gradients reach ``weight`` through a straight-through estimator. Trained by
     latent SGD / Adam.
-binary: ``weight`` holds exactly -1 or +1 and is used as is, so its gradient is dL/db at b = +-1 with no
-    clipping. Trained by Bop and the gradient filter, which flip signs instead of adding to magnitudes.
+binary: ``weight`` holds exactly -1 or +1 (from construction: the sign of PyTorch's default init) and is used
+    as is, so its gradient is dL/db at b = +-1 with no clipping. Trained by Bop and the gradient filter,
+    which flip signs instead of adding to magnitudes.
 real: ``weight`` is used as is, real-valued: step 1 of two-step training (binary activations, real weights).
 
 weight_ste "reactnet" is the latent path of the official code's step-2 ``HardBinaryConv``
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnn.binarize import sign, sign_ste
+from bnn.binarize import binarize_, sign, sign_ste
 
 WeightMode = Literal["latent", "binary", "real"]
 WEIGHT_MODES = ("latent", "binary", "real")
@@ -45,6 +46,8 @@ class BinaryLayer(nn.Module):
         self.weight_mode = weight_mode  # type: ignore[assignment]
         self.weight_ste = weight_ste
         self.scaling = scaling
+        if weight_mode == "binary":
+            binarize_([self.weight])
 
     def binary_weight(self) -> torch.Tensor:
         """The weight the forward pass uses."""
@@ -69,6 +72,16 @@ def reactnet_binary_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 class BinaryLinear(nn.Linear, BinaryLayer):
+    """``nn.Linear`` whose weight is binary: y = x W_b^T (+ bias), W_b = ``binary_weight()``.
+
+    weight_mode: "latent" (a real ``weight``, binarized in the forward pass, for SGD / Adam), "binary"
+    (``weight`` holds +-1 itself, for GradientFilter / Bop; it starts as the sign of the default init) or
+    "real" (``weight`` used as is). weight_ste: the latent mode's straight-through estimator, "identity"
+    (dL/dw = dL/db), "clipped" (zero where |w| > 1) or "reactnet" (the official step-2 layer's, with its
+    scaling built in). scaling: multiply sign(w) by mean|w| per output row (latent mode only). bias: off by
+    default, as a BatchNorm usually follows.
+    """
+
     def __init__(
         self,
         in_features: int,
@@ -86,6 +99,12 @@ class BinaryLinear(nn.Linear, BinaryLayer):
 
 
 class BinaryConv2d(nn.Conv2d, BinaryLayer):
+    """``nn.Conv2d`` whose weight is binary: the convolution with W_b = ``binary_weight()``.
+
+    weight_mode, weight_ste, scaling, bias: as for BinaryLinear (scaling per output channel); the other
+    arguments are nn.Conv2d's.
+    """
+
     def __init__(
         self,
         in_channels: int,

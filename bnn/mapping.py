@@ -99,8 +99,9 @@ def filter_reading(opt: Any, rate: float | None = None) -> tuple[float, float]:
     """(alpha, gamma) of the gradient filter whose sign trajectory is the binary optimizer's; NaNs where none is.
 
     ``opt``: a binary_opt config (bnn.config.BinaryOptConfig, or anything with its field names as attributes).
-    ``rate``: the optimizer's step size this epoch when a schedule scales it (its param group's lr: latent SGD's
-    lr, the filter's alpha, Bop's gamma); None reads the configured one.
+    ``rate``: the optimizer's scheduled rate this epoch (its param group's ``lr`` for latent SGD, ``alpha`` for
+    the filter, ``gamma`` for Bop: bnn.schedules.scheduled_rate); None reads the configured one. bnn.train logs
+    the result every epoch as the metrics ``alpha`` and ``gamma``, the one place this reading is computed.
 
     filter: its own. Latent SGD: latent_to_filter; with weight decay 0 the roots are alpha = 0 and
     gamma = 1 - momentum (a pure accumulator); NaN for a step of 0 or without real roots in (0, 1] (e.g. lr 1,

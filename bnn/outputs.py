@@ -11,5 +11,5 @@ FLIPS_PREFIX = "flips."  # one "flips.<layer>" metric per binary layer, besides 
 # The per-epoch metrics every run reports.
 METRIC_NAMES = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "flip_ratio", "sign_agreement_init",
-    "init_forget_step", "lr", "alpha", "real_lr", "epoch_s", "steps", "sign_hash",
+    "init_forget_step", "lr", "alpha", "gamma", "real_lr", "epoch_s", "steps", "sign_hash",
 )  # fmt: skip

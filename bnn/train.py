@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnn.config import ConfigError, TrainConfig, canonical_json, resolve, step1_config
+from bnn.binarize import binarize_
 from bnn.data import load_data
 from bnn.flips import FlipTracker
 from bnn.layers import binary_layers, init_binary_weights, split_parameters
@@ -32,7 +33,7 @@ from bnn.models import build_model
 from bnn.models.distill import build_teacher, distillation_loss
 from bnn.optim import build_binary_optimizer, build_real_optimizer, weight_mode_for
 from bnn.outputs import CHECKPOINT_FILE, METRIC_NAMES  # noqa: F401 - METRIC_NAMES: part of this module's API
-from bnn.schedules import multiplier
+from bnn.schedules import RateSchedule, multiplier, scheduled_rate
 
 Metrics = dict[str, float]
 ReportFn = Callable[[Metrics], None]
@@ -113,13 +114,13 @@ class Run:
         )
         self.binary_weights = binary
         state = initial_filter_state(config, binary) if config.binary_opt.state_init == "latent" else None
+        if weight_mode == "binary":  # the filter, Bop and Frozen train sign(init), from the state of init
+            binarize_(binary)
         self.binary_opt = build_binary_optimizer(config.binary_opt, binary, initial_state=state)
         self.real_opt = build_real_optimizer(config.real_opt, real) if real else None
         schedule = multiplier(config.schedule, config.epochs)
-        self.schedulers = [
-            torch.optim.lr_scheduler.LambdaLR(opt, schedule) for opt in (self.binary_opt, self.real_opt) if opt
-        ]
-        # After the optimizers: the filter and Bop set their weights to sign(init) on construction.
+        self.schedulers = [RateSchedule(opt, schedule) for opt in (self.binary_opt, self.real_opt)
+                           if opt is not None and scheduled_rate(opt) is not None]
         self.flips = FlipTracker([(name, layer.weight) for name, layer in binary_layers(self.model)])
         self.epoch = 0
         self.history: list[Metrics] = []
@@ -215,7 +216,9 @@ class Run:
 
     def run_epoch(self) -> Metrics:
         start = time.perf_counter()
-        lr = self.binary_opt.param_groups[0]["lr"]
+        rate_key = scheduled_rate(self.binary_opt)
+        lr = self.binary_opt.param_groups[0][rate_key] if rate_key else math.nan
+        alpha, gamma = filter_reading(self.config.binary_opt, rate=lr)
         real_lr = self.real_opt.param_groups[0]["lr"] if self.real_opt else math.nan
         metrics: Metrics = {"epoch": float(self.epoch + 1)}
         metrics.update(self.train_epoch())
@@ -226,7 +229,8 @@ class Run:
         flips = self.flips.epoch_summary()
         metrics.update(
             lr=lr,
-            alpha=filter_reading(self.config.binary_opt, rate=lr)[0],
+            alpha=alpha,
+            gamma=gamma,
             real_lr=real_lr,
             sign_hash=sign_hash(self.binary_weights),
             epoch_s=time.perf_counter() - start,

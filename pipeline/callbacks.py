@@ -18,7 +18,7 @@ from pipeline.cost import format_duration
 from pipeline.grids import Cell
 from pipeline.tracking import Tracker
 from pipeline.writer import TrackingWriter
-from pipeline.trial import RESTORED_KEY, STATE_FILE, TrialCell, fetch_file
+from pipeline.trial import CHECKPOINT_FILE, RESTORED_KEY, TrialCell, fetch_file
 
 
 def payload(trial: Any) -> TrialCell:
@@ -162,11 +162,11 @@ def _local_state_file(source: Any, scratch: Path) -> Path | None:
     import pyarrow.fs
 
     if isinstance(source, dict):  # a StoredCheckpoint
-        return fetch_file(source["storage"], source["path"], STATE_FILE, scratch)
+        return fetch_file(source["storage"], source["path"], CHECKPOINT_FILE, scratch)
     if isinstance(source.filesystem, pyarrow.fs.LocalFileSystem):
-        path = Path(source.path) / STATE_FILE
+        path = Path(source.path) / CHECKPOINT_FILE
         return path if path.exists() else None
-    return fetch_file(source.filesystem, source.path, STATE_FILE, scratch)
+    return fetch_file(source.filesystem, source.path, CHECKPOINT_FILE, scratch)
 
 
 class Progress(TrialProgressCallback):

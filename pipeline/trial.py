@@ -1,6 +1,6 @@
 """The Tune trainable (one cell = one trial) and the checkpoints it leaves in Tune storage.
 
-A trial trains in a local working directory that holds bnn.train's STATE_FILE plus HISTORY_FILE (every
+A trial trains in a local working directory that holds bnn.train's CHECKPOINT_FILE plus HISTORY_FILE (every
 epoch's metrics so far, and the size of the state file it belongs with). After each epoch the directory is
 reported as a ``tune.Checkpoint``, which Tune copies to ``<storage>/<launch>/cell-<config_hash>/``. A retried
 trial restarts from ``tune.get_checkpoint()``; a cell whose driver was killed restarts, in the next launch, from
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from wmhp.contract import HISTORY_FILE, STATE_FILE
+from wmhp.contract import CHECKPOINT_FILE, HISTORY_FILE
 
 CELL_DIR_PREFIX = "cell-"
 FAULT_ENV = "WMHP_FAULT_ONCE"
@@ -146,7 +146,7 @@ def _complete_history(fs: Any, path: str) -> list[dict[str, float]] | None:
     try:
         with fs.open_input_stream(f"{path}/{HISTORY_FILE}") as handle:
             record = json.loads(handle.readall().decode())
-        state = fs.get_file_info(f"{path}/{STATE_FILE}")
+        state = fs.get_file_info(f"{path}/{CHECKPOINT_FILE}")
     except (OSError, ValueError):
         return None
     if state.type != pyarrow.fs.FileType.File or state.size != record.get("state_bytes"):
@@ -191,18 +191,18 @@ def restore_checkpoint(cell: TrialCell, work: Path) -> None:
 
             pyarrow.fs.copy_files(path, str(work), source_filesystem=fs,
                                   destination_filesystem=pyarrow.fs.LocalFileSystem())
-            if (work / STATE_FILE).exists():
-                load_state(work / STATE_FILE)
+            if (work / CHECKPOINT_FILE).exists():
+                load_state(work / CHECKPOINT_FILE)
                 return
         except UnreadableCheckpoint as exc:
             reason = str(exc).split(": ", 1)[-1]
-            aside = f"{path}/{STATE_FILE}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            aside = f"{path}/{CHECKPOINT_FILE}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
             try:
-                fs.move(f"{path}/{STATE_FILE}", aside)
+                fs.move(f"{path}/{CHECKPOINT_FILE}", aside)
             except OSError:
                 aside = "(could not be moved aside)"
             log.warning("warning: %s/%s: %s; moved to %s, trying an older checkpoint or a fresh start",
-                        path, STATE_FILE, reason, aside)
+                        path, CHECKPOINT_FILE, reason, aside)
         except OSError as exc:
             log.warning("warning: checkpoint %s cannot be copied (%s); trying an older one or a fresh start",
                         path, exc)
@@ -234,7 +234,7 @@ def read_history(directory: Path) -> list[dict[str, float]]:
 
 def write_history(directory: Path, history: list[dict[str, float]]) -> None:
     """Atomically, after state.pt: the recorded state size lets a reader reject a half-copied checkpoint."""
-    record = {"state_bytes": (directory / STATE_FILE).stat().st_size, "history": history}
+    record = {"state_bytes": (directory / CHECKPOINT_FILE).stat().st_size, "history": history}
     tmp = directory / f".{HISTORY_FILE}.tmp"
     tmp.write_text(json.dumps(record, allow_nan=True))
     os.replace(tmp, directory / HISTORY_FILE)
@@ -290,10 +290,10 @@ def run_trial(config: dict[str, Any]) -> None:
         history = read_history(work)
         restored = {RESTORED_KEY: json.dumps(history)}  # the driver backfills the run from what was loaded
         init_from = None
-        if cell["init"] is not None and not (work / STATE_FILE).exists():
+        if cell["init"] is not None and not (work / CHECKPOINT_FILE).exists():
             step1 = Path(tempfile.mkdtemp(prefix=f"wmhp-{cell['hash']}-step1-", dir=work.parent))
             copy_checkpoint(cell["init"], step1)
-            init_from = step1 / STATE_FILE
+            init_from = step1 / CHECKPOINT_FILE
 
         def report(metrics: dict[str, float]) -> None:
             history.append(metrics)

@@ -29,7 +29,7 @@ def test_each_contract_string_is_spelled_once_outside_tests() -> None:
     """A tag name, file name or the experiment prefix written as a literal anywhere else would be a second copy of
     the contract, free to drift."""
     names = [value for name, value in vars(contract).items() if name.startswith("TAG_") and name != "TAG_PREFIX"]
-    names += [contract.EXPERIMENT_PREFIX, contract.STATE_FILE, contract.HISTORY_FILE, contract.CURVES_FILE,
+    names += [contract.EXPERIMENT_PREFIX, contract.CHECKPOINT_FILE, contract.HISTORY_FILE, contract.CURVES_FILE,
               contract.CONFIG_FILE, contract.RUNS_PARQUET, contract.CURVES_PARQUET, contract.TRACKING_DB]
     sources = [p for d in ("bnn", "pipeline", "analysis", "wmhp", "benchmarks") for p in (ROOT / d).rglob("*.py")]
     text = {p: p.read_text() for p in sources}

@@ -12,10 +12,11 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from bnn.binarize import sign, sign_ste
+from bnn.binarize import binarize_, sign, sign_ste
 from bnn.layers import BinaryLinear, init_binary_weights
 from bnn.mapping import filter_state_from_latent, latent_to_filter
 from bnn.optim import GradientFilter
+from bnn.schedules import RateSchedule
 
 STEPS = 224  # 8 epochs of 28 batches
 BATCH = 64
@@ -70,6 +71,7 @@ def twin_models(latent_init_scale: float) -> tuple[TinyBNN, TinyBNN]:
     init_binary_weights([latent.binary.weight], "uniform", latent_init_scale, torch.Generator().manual_seed(1))
     binary = TinyBNN("binary").double()
     binary.load_state_dict(latent.state_dict())
+    binarize_([binary.binary.weight])  # the filter trains sign(w0); its state carries w0 (state_init latent)
     return latent, binary
 
 
@@ -85,7 +87,7 @@ def train_in_lockstep(data, models, binary_opts, schedule=None, epoch_steps: int
     """
     real_opts = [torch.optim.Adam([p for n, p in m.named_parameters() if n != "binary.weight"], lr=1e-2)
                  for m in models]
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in binary_opts] if schedule else []
+    schedulers = [RateSchedule(o, schedule) for o in binary_opts] if schedule else []
     previous = binary_weight(models[0]).clone()
     assert all(torch.equal(binary_weight(m), previous) for m in models[1:]), "identical binary weights at step 0"
     changes = 0
@@ -128,7 +130,7 @@ def test_latent_sgd_momentum_equals_filter(digits, lr, weight_decay, momentum, i
 
 
 def test_latent_sgd_with_decay_schedule_equals_single_ema(digits):
-    """SGD + weight decay (no momentum) = one EMA (gamma = 1), alpha_t = lr_t * weight_decay under LambdaLR."""
+    """SGD + weight decay (no momentum) = one EMA (gamma = 1), alpha_t = lr_t * weight_decay, scheduled alike."""
     lr, weight_decay = 0.5, 2e-2
     latent, binary = twin_models(0.02)
     w0 = latent.binary.weight.detach().clone()
@@ -138,7 +140,7 @@ def test_latent_sgd_with_decay_schedule_equals_single_ema(digits):
     filt = GradientFilter([binary.binary.weight], alpha=alpha, gamma=1.0,
                           initial_state=[filter_state_from_latent(w0, lr, weight_decay)])
     changes = train_in_lockstep(digits, [latent, binary], [sgd, filt], schedule=lambda epoch: 1 - epoch / 8)
-    assert filt.param_groups[0]["lr"] == 0.0 == sgd.param_groups[0]["lr"]  # 8 epochs of 1 - epoch / 8 done
+    assert filt.param_groups[0]["alpha"] == 0.0 == sgd.param_groups[0]["lr"]  # 8 epochs of 1 - epoch / 8 done
     assert changes > HIDDEN * HIDDEN
 
 

@@ -12,7 +12,7 @@ import torchvision
 
 from bnn.binarize import sign
 from bnn.config import ConfigError, ModelConfig
-from bnn.layers import BinaryLinear, binary_layers, split_parameters
+from bnn.layers import BinaryConv2d, BinaryLinear, binary_layers, split_parameters
 from bnn.models import build_model
 from bnn.models.activations import SignActivation
 from bnn.models.distill import build_teacher, distillation_loss
@@ -111,6 +111,18 @@ def test_binary_mode_weights_are_exactly_pm1(name: str) -> None:
     assert layers and all(layer.weight_mode == "binary" for _, layer in layers)
     for _, layer in layers:
         assert torch.equal(layer.weight.abs(), torch.ones_like(layer.weight))
+
+
+def test_binary_layers_start_at_the_sign_of_the_default_init() -> None:
+    """Layer-side: a binary-mode layer is valid for the sign-flip optimizers as built; latent ones stay real."""
+    makers = (lambda mode: BinaryLinear(7, 5, weight_mode=mode), lambda mode: BinaryConv2d(3, 4, 3, weight_mode=mode))
+    for make in makers:
+        torch.manual_seed(0)
+        latent = make("latent")
+        torch.manual_seed(0)
+        binary = make("binary")
+        assert not torch.equal(latent.weight.abs(), torch.ones_like(latent.weight))
+        assert torch.equal(binary.weight, sign(latent.weight))
 
 
 @pytest.mark.parametrize("weight_ste", ["identity", "clipped"])

@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.runner import LaunchError, _launch_lock
 from pipeline.trial import (
+    CHECKPOINT_FILE,
     HISTORY_FILE,
-    STATE_FILE,
     InjectedFault,
     find_resumable,
     maybe_fault,
@@ -24,7 +24,7 @@ from pipeline.trial import (
 def checkpoint(storage: Path, launch: str, digest: str, index: int, epochs: int) -> Path:
     directory = storage / launch / f"cell-{digest}" / f"checkpoint_{index:06d}"
     directory.mkdir(parents=True)
-    (directory / STATE_FILE).write_bytes(b"x" * (100 + epochs))
+    (directory / CHECKPOINT_FILE).write_bytes(b"x" * (100 + epochs))
     write_history(directory, [{"epoch": float(e), "test_acc": 0.1 * e} for e in range(1, epochs + 1)])
     return directory
 
@@ -34,7 +34,7 @@ def test_find_resumable_takes_the_most_advanced_complete_checkpoint(tmp_path: Pa
     checkpoint(tmp_path, "ablate-1", "aaaa", 1, 2)
     newest = checkpoint(tmp_path, "ablate-2", "aaaa", 0, 3)
     cut_short = checkpoint(tmp_path, "ablate-2", "aaaa", 1, 4)
-    (cut_short / STATE_FILE).write_bytes(b"partial")  # a copy interrupted by the kill: size no longer matches
+    (cut_short / CHECKPOINT_FILE).write_bytes(b"partial")  # a copy interrupted by the kill: size no longer matches
     no_history = checkpoint(tmp_path, "ablate-3", "aaaa", 0, 5)
     (no_history / HISTORY_FILE).unlink()
     checkpoint(tmp_path, "ablate-1", "bbbb", 0, 2)
@@ -48,7 +48,7 @@ def test_find_resumable_takes_the_most_advanced_complete_checkpoint(tmp_path: Pa
 
 
 def test_history_round_trips_with_nan(tmp_path: Path) -> None:
-    (tmp_path / STATE_FILE).write_bytes(b"state")
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"state")
     write_history(tmp_path, [{"epoch": 1.0, "alpha": math.nan}])
     assert json.loads((tmp_path / HISTORY_FILE).read_text(), parse_constant=str)["state_bytes"] == 5
     (row,) = read_history(tmp_path)

@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("wmhp.reproduce", "all grids, collect, figures and report in one go"),
 }
 
+# Third-party modules of the optional extras (pyproject.toml), by top-level name.
+EXTRAS = {name: "pipeline" for name in ("ray", "mlflow", "pandas", "pyarrow", "matplotlib", "optuna", "scipy")}
+EXTRAS.update(torchvision="data", sklearn="data")
+
 
 def usage() -> str:
     lines = ["usage: wmhp <command> [options]", "", "commands:"]
@@ -33,8 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"wmhp: unknown command {command!r} (allowed: {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    return int(getattr(module, command.replace("-", "_") + "_main")(rest) or 0)
+    try:
+        module = importlib.import_module(COMMANDS[command][0])
+        return int(getattr(module, command.replace("-", "_") + "_main")(rest) or 0)
+    except ModuleNotFoundError as exc:  # an install without an extra: say which one
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"wmhp {command}: needs {exc.name!r}: pip install 'wmhp[{extra}]' (make install: everything)",
+              file=sys.stderr)
+        return 1
 
 
 def entry() -> None:

@@ -9,7 +9,7 @@ handed in, so the one paginated search loop lives here too. Layout:
 - one run per cell, named by ``run_name`` (what a person tells cells apart by; identity is the config_hash tag),
   tagged with ``run_tags``, every flattened TrainConfig field as a param, every per-epoch metric (METRIC_NAMES
   and ``flips.<layer>``) with step = epoch, and artifacts CONFIG_FILE, CURVES_FILE (``write_curves``) and the
-  trial's STATE_FILE when small; status FINISHED only when the trial completed every epoch;
+  trial's CHECKPOINT_FILE when small; status FINISHED only when the trial completed every epoch;
 - search grids (E9) add the SEARCH_TAGS.
 """
 
@@ -50,8 +50,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 REPORT_GRID = "report"  # experiment wmhp/report holds `wmhp figures`' report run, not a grid's runs
 
-STATE_FILE = CHECKPOINT_FILE  # a trial's training state, as bnn.train writes it
-HISTORY_FILE = "history.json"  # a trial's reported epochs, beside STATE_FILE in its checkpoint
+HISTORY_FILE = "history.json"  # a trial's reported epochs, beside CHECKPOINT_FILE (bnn.train's state)
 CONFIG_FILE = "config.yaml"
 CURVES_FILE = "curves.csv"
 MAX_STATE_ARTIFACT_BYTES = 50 * 2**20  # larger states stay in the trial's checkpoint only

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import torch
 from torch import nn
 
-from bnn.binarize import sign
 from bnn.config import ConfigError, ModelConfig
-from bnn.layers import WEIGHT_MODES, binary_layers
+from bnn.layers import WEIGHT_MODES
 from bnn.models.mlp import BinaryMLP
 from bnn.models.reactnet import ReActNetA
 from bnn.models.resnet20 import BinaryResNet20
@@ -31,9 +29,9 @@ def build_model(cfg: ModelConfig, weight_mode: str, num_classes: int, input_shap
     """The network named by ``cfg.name`` for inputs of ``input_shape`` (C, H, W) and ``num_classes`` outputs.
 
     weight_mode "latent": binary layers binarize real latent weights in the forward pass (SGD / Adam).
-    weight_mode "binary": binary weights hold exactly +-1 (Bop, the gradient filter); here they are set to the sign
-    of PyTorch's default init so the model is valid on its own. The training loop re-initialises binary weights
-    with the config's distribution and scale afterwards, so nothing relies on these values.
+    weight_mode "binary": binary weights hold exactly +-1 (Bop, the gradient filter): the binary layers start
+    them at the sign of PyTorch's default init. The training loop re-initialises binary weights with the
+    config's distribution and scale and binarizes them again, so nothing relies on these values.
     """
     if cfg.name not in MODELS:
         raise ConfigError(f"model.name: expected one of {sorted(MODELS)}, got {cfg.name!r}")
@@ -58,10 +56,6 @@ def build_model(cfg: ModelConfig, weight_mode: str, num_classes: int, input_shap
         if str(exc).startswith("model."):
             raise ConfigError(str(exc)) from None
         raise
-    if weight_mode == "binary":
-        with torch.no_grad():
-            for _, layer in binary_layers(model):
-                layer.weight.copy_(sign(layer.weight))
     return model
 
 

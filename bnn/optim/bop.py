@@ -10,38 +10,33 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from torch import Tensor
-
-from bnn.optim.base import SignFlipOptimizer
 from bnn.checks import check_non_negative, check_rate
-from bnn.optim.elementwise import ema_, flip_where_exceeds_
+from bnn.optim.base import SignFlipOptimizer, Tensors, ema_, flip_
 
 
 class Bop(SignFlipOptimizer):
     """Binary optimizer for true +-1 weights b, per step and weight::
 
-        m <- (1 - gamma_t) m + gamma_t g        b <- -b where |m| > threshold and sign(m) = sign(b)
+        m <- (1 - gamma) m + gamma g        b <- -b where |m| > threshold and sign(m) = sign(b)
 
-    (the flip condition is m * b > threshold, as b = +-1). gamma_t is the group's ``lr``: the constructor
-    stores ``lr=gamma`` so the same torch lr schedulers that drive the filter's alpha drive Bop's adaptivity
-    rate. With threshold 0 Bop is GradientFilter with gamma = 1 and alpha = Bop's gamma, bit for bit.
-    ``m`` starts at zero; parameters are replaced by their sign (sign(0) = +1) on construction.
+    (the flip condition is m * b > threshold, as b = +-1). params: +-1 tensors, or groups that may set
+    ``gamma`` and ``threshold``. The defaults are larq's (gamma 1e-4, threshold 1e-8). A schedule scales
+    gamma (``scheduled``). With threshold 0, Bop is GradientFilter with gamma = 1 and alpha = Bop's gamma,
+    bit for bit. ``m`` starts at zero.
     """
 
     state_keys = ("m",)
+    scheduled = "gamma"
 
-    def __init__(
-        self, params: Iterable[Any], gamma: float, threshold: float = 0.0, *, block_elements: int | None = None
-    ) -> None:
+    def __init__(self, params: Iterable[Any], gamma: float = 1e-4, threshold: float = 1e-8) -> None:
         gamma = check_rate("gamma", gamma)
         threshold = check_non_negative("threshold", threshold)
-        super().__init__(params, dict(lr=gamma, threshold=threshold), block_elements)
+        super().__init__(params, dict(gamma=gamma, threshold=threshold))
 
     def check_group(self, group: dict[str, Any]) -> None:
-        check_rate("gamma", group["lr"])
+        check_rate("gamma", group["gamma"])
         check_non_negative("threshold", group["threshold"])
 
-    def update_block(self, operands: list[list[Tensor]], group: dict[str, Any]) -> None:
-        binary, grads, m = operands
-        ema_(m, grads, group["lr"])
-        flip_where_exceeds_(binary, m, group["threshold"])
+    def update(self, group: dict[str, Any], b: Tensors, g: Tensors, m: Tensors) -> None:
+        ema_(m, g, group["gamma"])
+        flip_(b, m, group["threshold"])

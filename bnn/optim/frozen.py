@@ -11,16 +11,15 @@ from bnn.optim.base import SignFlipOptimizer
 
 
 class Frozen(SignFlipOptimizer):
-    """Keeps each binary weight at the sign of its init (sign(0) = +1); ``step`` changes nothing.
+    """Keeps each +-1 weight as it is handed in; ``step`` changes nothing and there is nothing to schedule.
 
     Trained beside real-valued parameters as usual, it measures how much accuracy the binary weights' training
     adds: an experiment whose trained cells do not clearly beat this control cannot say anything about the binary
-    optimizer (paper.md section 6). ``lr`` is kept (at 0) only so that lr schedulers and logs treat it like the
-    other binary optimizers.
+    optimizer.
     """
 
     def __init__(self, params: Iterable[Any]) -> None:
-        super().__init__(params, dict(lr=0.0), block_elements=None)
+        super().__init__(params, {})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
